@@ -1,0 +1,500 @@
+//! Object storage for Lifeboat repositories.
+//!
+//! This crate is the only place in Lifeboat that knows about [OpenDAL]. Everything above it sees a
+//! flat namespace of immutable objects addressed by `/`-separated keys (`data/ab/abcdef…`,
+//! `snapshots/…`) and five operations: put, get (whole or a byte range), list, stat and delete.
+//!
+//! # Guarantees the repository relies on
+//!
+//! * **Atomic, durable puts.** An object is either absent or complete. On the local filesystem
+//!   (the embedded default) a put writes a temporary file under `tmp/`, fsyncs it, renames it
+//!   into place and fsyncs the directory, so neither a crash nor a full disk can leave a partial
+//!   object under its final name.
+//! * **Create-only puts where the repository asks for them** ([`Storage::put_new`]): used for
+//!   `config`, whose loss or replacement would make the repository unreadable.
+//! * **Synchronous calls.** The repository drives storage from plain threads; this crate owns the
+//!   async runtime OpenDAL needs, so callers never see it. Do not call it from inside an async
+//!   task: use `spawn_blocking`.
+//!
+//! [OpenDAL]: https://opendal.apache.org
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use opendal::{ErrorKind, Operator, blocking, services};
+
+/// What went wrong talking to storage, and on which object.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("object {key} does not exist in {location}")]
+    NotFound {
+        /// Key of the missing object.
+        key: String,
+        /// Where the repository lives.
+        location: String,
+    },
+    /// A create-only put found the object already there.
+    #[error("object {key} already exists in {location}; refusing to overwrite it")]
+    AlreadyExists {
+        /// Key of the existing object.
+        key: String,
+        /// Where the repository lives.
+        location: String,
+    },
+    /// The storage location could not be set up (bad path, bad URL, unsupported scheme).
+    #[error("cannot open storage {location}: {reason}")]
+    Config {
+        /// What the user gave.
+        location: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// Any other failure of an operation, with the backend's own message.
+    #[error("{operation} {key} in {location} failed: {source}")]
+    Backend {
+        /// The operation (put, get, list, stat, delete).
+        operation: &'static str,
+        /// The object or prefix.
+        key: String,
+        /// Where the repository lives.
+        location: String,
+        /// The backend's error.
+        #[source]
+        source: opendal::Error,
+    },
+    /// A local filesystem operation that OpenDAL does not cover (directory sync).
+    #[error("{operation} {path} failed: {source}")]
+    Io {
+        /// What was attempted.
+        operation: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    /// True if the object was missing.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// True if retrying the same call later might succeed (network blips, throttling).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Backend { source, .. } if source.is_temporary())
+    }
+}
+
+/// Result of a storage call.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// One object found by [`Storage::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the repository root, e.g. `snapshots/4f…`.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Request counters, by kind: on object stores the request count is what costs money.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    lists: AtomicU64,
+    stats: AtomicU64,
+    deletes: AtomicU64,
+    bytes_written: AtomicU64,
+    bytes_read: AtomicU64,
+}
+
+/// A snapshot of [`RequestCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestStats {
+    /// Objects written.
+    pub puts: u64,
+    /// Objects or ranges read.
+    pub gets: u64,
+    /// Listings.
+    pub lists: u64,
+    /// Metadata lookups.
+    pub stats: u64,
+    /// Objects deleted.
+    pub deletes: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+}
+
+impl RequestCounters {
+    fn snapshot(&self) -> RequestStats {
+        RequestStats {
+            puts: self.puts.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            stats: self.stats.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Handle to a repository's storage. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    op: blocking::Operator,
+    location: String,
+    /// Set for the local filesystem backend, so puts can fsync directories after renames.
+    local_root: Option<PathBuf>,
+    counters: RequestCounters,
+    // Declared last so it is dropped after the operator that uses it.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("location", &self.inner.location)
+            .finish()
+    }
+}
+
+/// Directory (relative to a local repository) where half-written objects live until renamed.
+pub const LOCAL_TEMP_DIR: &str = "tmp";
+
+impl Storage {
+    /// Opens storage from a location string: a local path (the embedded default) or
+    /// `memory:` (for tests; contents vanish with the process).
+    pub fn open(location: &str) -> Result<Self> {
+        if location == "memory:" || location.starts_with("memory:") {
+            return Self::memory();
+        }
+        let path = location.strip_prefix("local:").unwrap_or(location);
+        if path.contains("://") || path.starts_with("s3:") {
+            return Err(StorageError::Config {
+                location: location.to_string(),
+                reason: "only local paths are supported in this build".to_string(),
+            });
+        }
+        Self::local(Path::new(path))
+    }
+
+    /// Opens (without creating) a local directory as storage.
+    pub fn local(root: &Path) -> Result<Self> {
+        let root = std::path::absolute(root).map_err(|source| StorageError::Io {
+            operation: "resolve",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let root_str = root.to_str().ok_or_else(|| StorageError::Config {
+            location: root.display().to_string(),
+            reason: "the repository path must be valid UTF-8".to_string(),
+        })?;
+        let temp = root.join(LOCAL_TEMP_DIR);
+        let builder = services::Fs::default()
+            .root(root_str)
+            .atomic_write_dir(temp.to_str().expect("UTF-8 root gives UTF-8 temp dir"));
+        Self::build(builder, root.display().to_string(), Some(root))
+    }
+
+    /// In-memory storage for unit tests.
+    pub fn memory() -> Result<Self> {
+        Self::build(services::Memory::default(), "memory:".to_string(), None)
+    }
+
+    fn build(
+        builder: impl opendal::Builder,
+        location: String,
+        local_root: Option<PathBuf>,
+    ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lifeboat-io")
+            .enable_all()
+            .build()
+            .map_err(|source| StorageError::Io {
+                operation: "start I/O runtime for",
+                path: PathBuf::from(&location),
+                source,
+            })?;
+        let config_error = |source: opendal::Error| StorageError::Config {
+            location: location.clone(),
+            reason: source.to_string(),
+        };
+        let op = Operator::new(builder).map_err(config_error)?;
+        let op = {
+            let _guard = runtime.enter();
+            blocking::Operator::new(op).map_err(config_error)?
+        };
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                op,
+                location,
+                local_root,
+                counters: RequestCounters::default(),
+                _runtime: runtime,
+            }),
+        })
+    }
+
+    /// Human-readable location, for messages.
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    /// The local directory behind this storage, if it is the filesystem backend.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.inner.local_root.as_deref()
+    }
+
+    /// Requests made so far through this handle (and its clones).
+    pub fn request_stats(&self) -> RequestStats {
+        self.inner.counters.snapshot()
+    }
+
+    fn backend_error(
+        &self,
+        operation: &'static str,
+        key: &str,
+        source: opendal::Error,
+    ) -> StorageError {
+        match source.kind() {
+            ErrorKind::NotFound => StorageError::NotFound {
+                key: key.to_string(),
+                location: self.inner.location.clone(),
+            },
+            ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
+                StorageError::AlreadyExists {
+                    key: key.to_string(),
+                    location: self.inner.location.clone(),
+                }
+            }
+            _ => StorageError::Backend {
+                operation,
+                key: key.to_string(),
+                location: self.inner.location.clone(),
+                source,
+            },
+        }
+    }
+
+    /// Writes an object atomically and durably, replacing any object of the same key.
+    ///
+    /// Content-addressed objects never change, so replacing means rewriting identical bytes.
+    pub fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put_inner(key, data, false)
+    }
+
+    /// Writes an object only if no object with this key exists yet.
+    pub fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put_inner(key, data, true)
+    }
+
+    fn put_inner(&self, key: &str, data: Bytes, if_not_exists: bool) -> Result<()> {
+        let len = data.len() as u64;
+        self.inner.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let options = opendal::options::WriteOptions {
+            if_not_exists,
+            ..Default::default()
+        };
+        self.inner
+            .op
+            .write_options(key, data, options)
+            .map_err(|e| self.backend_error("put", key, e))?;
+        self.inner
+            .counters
+            .bytes_written
+            .fetch_add(len, Ordering::Relaxed);
+        self.sync_parent_dir(key)
+    }
+
+    /// OpenDAL fsyncs the file before renaming it into place, but not the directory that now
+    /// holds the new name; without this a power cut could forget an object a snapshot refers to.
+    fn sync_parent_dir(&self, key: &str) -> Result<()> {
+        let Some(root) = &self.inner.local_root else {
+            return Ok(());
+        };
+        let dir = match key.rsplit_once('/') {
+            Some((parent, _)) => root.join(parent),
+            None => root.clone(),
+        };
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StorageError::Io {
+                operation: "sync directory",
+                path: dir,
+                source,
+            })
+    }
+
+    /// Reads a whole object.
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        self.inner.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let buf = self
+            .inner
+            .op
+            .read(key)
+            .map_err(|e| self.backend_error("get", key, e))?;
+        let bytes = buf.to_bytes();
+        self.inner
+            .counters
+            .bytes_read
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// Reads a byte range of an object. A range past the end yields fewer bytes, never an error,
+    /// so callers must check the length they got.
+    pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        self.inner.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let options = opendal::options::ReadOptions {
+            range: opendal::BytesRange::new(range.start, Some(range.end - range.start)),
+            ..Default::default()
+        };
+        let buf = self
+            .inner
+            .op
+            .read_options(key, options)
+            .map_err(|e| self.backend_error("get", key, e))?;
+        let bytes = buf.to_bytes();
+        self.inner
+            .counters
+            .bytes_read
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// Size of an object.
+    pub fn size(&self, key: &str) -> Result<u64> {
+        self.inner.counters.stats.fetch_add(1, Ordering::Relaxed);
+        let meta = self
+            .inner
+            .op
+            .stat(key)
+            .map_err(|e| self.backend_error("stat", key, e))?;
+        Ok(meta.content_length())
+    }
+
+    /// True if the object exists.
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        match self.size(key) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists every object under a prefix such as `snapshots/` (recursively). A prefix that does
+    /// not exist lists as empty.
+    pub fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.counters.lists.fetch_add(1, Ordering::Relaxed);
+        let options = opendal::options::ListOptions {
+            recursive: true,
+            ..Default::default()
+        };
+        let entries = match self.inner.op.list_options(prefix, options) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.backend_error("list", prefix, e)),
+        };
+        let mut objects: Vec<ObjectInfo> = entries
+            .into_iter()
+            .filter(|entry| entry.metadata().is_file())
+            .map(|entry| ObjectInfo {
+                key: entry.path().trim_start_matches('/').to_string(),
+                size: entry.metadata().content_length(),
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    /// Deletes an object. Deleting a missing object is not an error.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        match self.inner.op.delete(key) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.backend_error("delete", key, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(storage: &Storage) {
+        storage
+            .put("a/b/one", Bytes::from_static(b"hello"))
+            .unwrap();
+        storage.put("a/two", Bytes::from_static(b"world!")).unwrap();
+        assert_eq!(
+            storage.get("a/b/one").unwrap(),
+            Bytes::from_static(b"hello")
+        );
+        assert_eq!(
+            storage.get_range("a/two", 1..4).unwrap(),
+            Bytes::from_static(b"orl")
+        );
+        assert_eq!(storage.size("a/two").unwrap(), 6);
+        let keys: Vec<_> = storage
+            .list("a/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["a/b/one".to_string(), "a/two".to_string()]);
+        assert!(storage.get("a/missing").unwrap_err().is_not_found());
+        assert!(storage.list("nothing/").unwrap().is_empty());
+        let err = storage
+            .put_new("a/two", Bytes::from_static(b"x"))
+            .unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+        assert_eq!(storage.get("a/two").unwrap(), Bytes::from_static(b"world!"));
+        storage.delete("a/two").unwrap();
+        storage.delete("a/two").unwrap();
+        assert!(!storage.exists("a/two").unwrap());
+        let stats = storage.request_stats();
+        assert!(stats.puts >= 3 && stats.gets >= 3 && stats.deletes == 2);
+    }
+
+    #[test]
+    fn memory_backend_roundtrip() {
+        roundtrip(&Storage::memory().unwrap());
+    }
+
+    #[test]
+    fn local_backend_roundtrip_and_no_temp_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local(dir.path()).unwrap();
+        roundtrip(&storage);
+        // Temporary files are renamed into place, never left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join(LOCAL_TEMP_DIR))
+            .map(|rd| rd.flatten().collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // Temporary files never show up in listings of real prefixes.
+        assert!(
+            storage
+                .list("a/")
+                .unwrap()
+                .iter()
+                .all(|o| !o.key.starts_with(LOCAL_TEMP_DIR))
+        );
+    }
+}
