@@ -1,0 +1,415 @@
+//! Opening, creating and reading a repository.
+//!
+//! [`Repository`] is an opened repository (key unwrapped, config read). Operations that need blob
+//! locations live on [`IndexedRepository`], which exists only once the index is loaded, so
+//! reading a blob before the index is there does not compile.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lifeboat_storage::Storage;
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::MasterKey;
+use crate::index::{Index, IndexFile};
+use crate::keyfile::{KdfParams, KeyFile};
+use crate::object::{self, ObjectKind};
+use crate::pack::{self, BlobType, PackEntry};
+use crate::snapshot::{Snapshot, SnapshotEntry};
+use crate::tree::Tree;
+use crate::{Error, Id, Result};
+
+/// Storage key of the config object.
+pub const CONFIG_KEY: &str = "config";
+/// Prefix of key files.
+pub const KEYS_PREFIX: &str = "keys/";
+/// Prefix of packs.
+pub const DATA_PREFIX: &str = "data/";
+/// Prefix of index objects.
+pub const INDEX_PREFIX: &str = "index/";
+/// Prefix of snapshots.
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+
+/// Storage key of a pack: packs are spread over 256 directories by their first id byte.
+pub fn pack_key(id: &Id) -> String {
+    let hex = id.to_hex();
+    format!("{DATA_PREFIX}{}/{hex}", &hex[..2])
+}
+
+/// Repository format version this build writes.
+pub const REPO_VERSION: u32 = 1;
+
+/// Parameters fixed when a repository is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Format version.
+    pub version: u32,
+    /// Random repository id.
+    pub id: Id,
+    /// Creation time.
+    pub created: String,
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// zstd level for blobs.
+    pub compression_level: i32,
+}
+
+/// Options of [`Repository::init`].
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Key-derivation costs for the first key.
+    pub kdf: KdfParams,
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Recorded in the key file.
+    pub hostname: String,
+    /// Recorded in the key file.
+    pub username: String,
+}
+
+/// Default target pack size: 16 MiB.
+pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024;
+/// Default zstd level.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::default(),
+            chunker: ChunkerParams::default(),
+            pack_size: DEFAULT_PACK_SIZE,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            hostname: String::new(),
+            username: String::new(),
+        }
+    }
+}
+
+/// An opened repository.
+#[derive(Clone)]
+pub struct Repository {
+    storage: Storage,
+    key: Arc<MasterKey>,
+    config: RepoConfig,
+    key_id: Id,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.storage.location())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+impl Repository {
+    /// Creates a repository in empty storage.
+    pub fn init(storage: Storage, password: &[u8], options: &InitOptions) -> Result<Repository> {
+        if storage.exists(CONFIG_KEY)? {
+            return Err(Error::AlreadyInitialised {
+                location: storage.location().to_string(),
+            });
+        }
+        let key = MasterKey::generate();
+        let file = KeyFile::wrap(
+            &key,
+            password,
+            options.kdf,
+            &options.hostname,
+            &options.username,
+        )?;
+        let bytes = file.to_bytes();
+        let key_id = Id::of_stored_bytes(&bytes);
+        storage.put(&format!("{KEYS_PREFIX}{key_id}"), Bytes::from(bytes))?;
+        let config = RepoConfig {
+            version: REPO_VERSION,
+            id: Id(rand::random()),
+            created: jiff::Timestamp::now().to_string(),
+            chunker: options.chunker,
+            pack_size: options.pack_size,
+            compression_level: options.compression_level,
+        };
+        let plain = serde_json::to_vec_pretty(&config).expect("config serialises");
+        let sealed = object::seal(&key, ObjectKind::Config, &plain, 3);
+        // The config is written last and only if absent: it is what makes the location a
+        // repository, and two concurrent `init`s must not both succeed.
+        storage
+            .put_new(CONFIG_KEY, Bytes::from(sealed))
+            .map_err(|e| match e {
+                lifeboat_storage::StorageError::AlreadyExists { location, .. } => {
+                    Error::AlreadyInitialised { location }
+                }
+                other => Error::Storage(other),
+            })?;
+        Ok(Repository {
+            storage,
+            key: Arc::new(key),
+            config,
+            key_id,
+        })
+    }
+
+    /// Opens a repository with a password.
+    pub fn open(storage: Storage, password: &[u8]) -> Result<Repository> {
+        let sealed_config = match storage.get(CONFIG_KEY) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotARepository {
+                    location: storage.location().to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let keys = storage.list(KEYS_PREFIX)?;
+        let mut opened = None;
+        for object in &keys {
+            let bytes = storage.get(&object.key)?;
+            let file = KeyFile::from_bytes(&bytes, &object.key)?;
+            if let Some(key) = file.unwrap_key(password, &object.key)? {
+                let name = object.key.trim_start_matches(KEYS_PREFIX);
+                opened = Some((key, Id::from_hex(name).unwrap_or_default()));
+                break;
+            }
+        }
+        let Some((key, key_id)) = opened else {
+            return Err(Error::WrongPassword {
+                keys: keys.len(),
+                location: storage.location().to_string(),
+            });
+        };
+        let plain = object::open(&key, ObjectKind::Config, &sealed_config, CONFIG_KEY)?;
+        let config: RepoConfig = serde_json::from_slice(&plain)
+            .map_err(|e| Error::malformed(CONFIG_KEY, e.to_string()))?;
+        if config.version > REPO_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "repository".to_string(),
+                found: config.version,
+                supported: REPO_VERSION,
+            });
+        }
+        Ok(Repository {
+            storage,
+            key: Arc::new(key),
+            config,
+            key_id,
+        })
+    }
+
+    /// The storage behind the repository.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Arc<MasterKey> {
+        &self.key
+    }
+
+    /// Parameters fixed at creation.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Name of the key file that opened the repository.
+    pub fn key_id(&self) -> Id {
+        self.key_id
+    }
+
+    /// The content-defined chunker of this repository.
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker, self.key.chunker_seed())
+    }
+
+    /// Seals and stores a standalone object under `prefix`, returning its name.
+    pub(crate) fn save_object(&self, prefix: &str, kind: ObjectKind, plain: &[u8]) -> Result<Id> {
+        let sealed = object::seal(&self.key, kind, plain, self.config.compression_level);
+        let id = Id::of_stored_bytes(&sealed);
+        self.storage
+            .put(&format!("{prefix}{id}"), Bytes::from(sealed))?;
+        Ok(id)
+    }
+
+    /// Reads and opens a standalone object, checking that its bytes match its name.
+    pub(crate) fn load_object(&self, prefix: &str, kind: ObjectKind, id: &Id) -> Result<Vec<u8>> {
+        let key = format!("{prefix}{id}");
+        let sealed = self.storage.get(&key)?;
+        if Id::of_stored_bytes(&sealed) != *id {
+            return Err(Error::corrupt(key));
+        }
+        object::open(&self.key, kind, &sealed, &key)
+    }
+
+    /// Ids of objects under a prefix; names that are not ids are ignored.
+    pub fn list_ids(&self, prefix: &str) -> Result<Vec<Id>> {
+        Ok(self
+            .storage
+            .list(prefix)?
+            .iter()
+            .filter_map(|o| o.key.rsplit('/').next().and_then(Id::from_hex))
+            .collect())
+    }
+
+    /// Stores a snapshot; this is the last write of a backup.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let plain = serde_json::to_vec(snapshot).expect("snapshot serialises");
+        self.save_object(SNAPSHOTS_PREFIX, ObjectKind::Snapshot, &plain)
+    }
+
+    /// Loads one snapshot.
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let plain = self.load_object(SNAPSHOTS_PREFIX, ObjectKind::Snapshot, id)?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| Error::malformed(format!("snapshot {id}"), e.to_string()))
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let mut all = self
+            .list_ids(SNAPSHOTS_PREFIX)?
+            .into_iter()
+            .map(|id| {
+                Ok(SnapshotEntry {
+                    id,
+                    snapshot: self.load_snapshot(&id)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, query: &str) -> Result<SnapshotEntry> {
+        let all = self.snapshots()?;
+        if query == "latest" {
+            return all.into_iter().last().ok_or_else(|| {
+                Error::SnapshotNotFound("the repository has no snapshots".to_string())
+            });
+        }
+        let matches: Vec<_> = all
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(query))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().expect("one")),
+            0 => Err(Error::SnapshotNotFound(format!(
+                "no snapshot id starts with {query:?}"
+            ))),
+            _ => Err(Error::SnapshotNotFound(format!(
+                "{query:?} is ambiguous; it matches {}",
+                matches
+                    .iter()
+                    .map(|s| s.id.short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Stores an index object.
+    pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
+        self.save_object(INDEX_PREFIX, ObjectKind::Index, &file.encode())
+    }
+
+    /// Loads one index object.
+    pub fn load_index_file(&self, id: &Id) -> Result<IndexFile> {
+        let plain = self.load_object(INDEX_PREFIX, ObjectKind::Index, id)?;
+        IndexFile::decode(&plain, &format!("index {id}"))
+    }
+
+    /// Loads every index object into memory.
+    pub fn load_index(self) -> Result<IndexedRepository> {
+        let mut index = Index::new();
+        for id in self.list_ids(INDEX_PREFIX)? {
+            let file = self.load_index_file(&id)?;
+            index.add_file(id, file);
+        }
+        Ok(IndexedRepository {
+            repo: self,
+            index: Arc::new(index),
+        })
+    }
+
+    /// Reads and authenticates a pack's header (two range reads of its tail).
+    pub fn read_pack_header(&self, id: &Id) -> Result<(pack::Trailer, Vec<PackEntry>)> {
+        let key = pack_key(id);
+        let len = self.storage.size(&key)?;
+        if len < pack::TRAILER_LEN as u64 {
+            return Err(Error::malformed(&key, "shorter than a pack trailer"));
+        }
+        let tail = self
+            .storage
+            .get_range(&key, len - pack::TRAILER_LEN as u64..len)?;
+        let trailer = pack::parse_trailer(&tail, &key)?;
+        let header_end = len - pack::TRAILER_LEN as u64;
+        let header_start = header_end
+            .checked_sub(u64::from(trailer.header_len))
+            .ok_or_else(|| Error::malformed(&key, "header length exceeds pack"))?;
+        let sealed = self.storage.get_range(&key, header_start..header_end)?;
+        let entries = pack::parse_header(&self.key, &trailer, &sealed, len, &key)?;
+        Ok((trailer, entries))
+    }
+}
+
+/// A repository with its index loaded: blobs can be read and written.
+#[derive(Clone)]
+pub struct IndexedRepository {
+    repo: Repository,
+    index: Arc<Index>,
+}
+
+impl std::ops::Deref for IndexedRepository {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
+}
+
+impl IndexedRepository {
+    /// The loaded index.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// Reads, authenticates, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let location = self.index.get(id).ok_or(Error::MissingBlob(*id))?;
+        let pack = self.index.pack(location);
+        let key = pack_key(&pack.id);
+        let start = u64::from(location.offset);
+        let sealed = self
+            .storage()
+            .get_range(&key, start..start + u64::from(location.stored_len))?;
+        let what = format!("blob {id} in pack {key}");
+        if sealed.len() != location.stored_len as usize {
+            return Err(Error::corrupt(format!("{what} (pack truncated)")));
+        }
+        pack::decode_blob(
+            self.key(),
+            &pack.salt,
+            &self.index.entry(*id, location),
+            &sealed,
+            &what,
+        )
+    }
+
+    /// Reads a tree.
+    pub fn read_tree(&self, id: &Id) -> Result<Tree> {
+        let location = self.index.get(id).ok_or(Error::MissingBlob(*id))?;
+        if location.blob_type != BlobType::Tree {
+            return Err(Error::malformed(
+                format!("blob {id}"),
+                "is data, not a tree",
+            ));
+        }
+        Tree::from_bytes(&self.read_blob(id)?, id)
+    }
+}
