@@ -152,8 +152,6 @@ pub struct Node {
     pub group: Option<String>,
     /// Modification time.
     pub mtime: Timespec,
-    /// Access time.
-    pub atime: Timespec,
     /// Status-change time (used for change detection, not restored).
     pub ctime: Timespec,
     /// Size in bytes (files), 0 otherwise.
@@ -194,7 +192,6 @@ impl Node {
             user: None,
             group: None,
             mtime: Timespec::default(),
-            atime: Timespec::default(),
             ctime: Timespec::default(),
             size: 0,
             inode: 0,

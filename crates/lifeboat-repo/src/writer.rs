@@ -193,6 +193,11 @@ impl BlobWriter {
         Ok(true)
     }
 
+    /// True once a stage has failed; [`BlobWriter::finish`] then returns the cause.
+    pub fn failed(&self) -> bool {
+        self.shared.failed()
+    }
+
     fn stopped(&self) -> Error {
         match &*self.shared.error.lock() {
             Some(e) => Error::Pipeline(e.to_string()),

@@ -1,0 +1,64 @@
+//! Where the repository password comes from: a command, a file, or the terminal, in that order.
+
+use std::io::IsTerminal;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use zeroize::Zeroizing;
+
+use crate::GlobalArgs;
+
+/// The password, wiped from memory when dropped.
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+fn first_line(text: String) -> Zeroizing<String> {
+    let text = Zeroizing::new(text);
+    Zeroizing::new(text.lines().next().unwrap_or_default().to_string())
+}
+
+/// Gets the password; `new` asks twice on a terminal (for `init`).
+pub fn obtain(global: &GlobalArgs, new: bool) -> Result<Password> {
+    let password = if let Some(command) = &global.password_command {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| "cannot run the password command")?;
+        if !output.status.success() {
+            bail!("the password command failed ({})", output.status);
+        }
+        first_line(
+            String::from_utf8(output.stdout)
+                .context("the password command printed non-UTF-8 text")?,
+        )
+    } else if let Some(path) = &global.password_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?;
+        first_line(text)
+    } else if std::io::stdin().is_terminal() {
+        let first = Zeroizing::new(rpassword::prompt_password("repository password: ")?);
+        if new {
+            let again = Zeroizing::new(rpassword::prompt_password("repeat password: ")?);
+            if *first != *again {
+                bail!("the passwords differ");
+            }
+        }
+        first
+    } else {
+        bail!(
+            "no password given: set LIFEBOAT_PASSWORD_FILE, pass --password-command, or run on a terminal"
+        );
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(Password(password))
+}

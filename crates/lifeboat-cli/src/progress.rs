@@ -1,0 +1,81 @@
+//! A one-line progress display on standard error, redrawn a few times a second.
+//!
+//! It polls the counters the library updates, so the library needs no knowledge of terminals.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lifeboat_files::{BackupProgress, RestoreProgress};
+
+use crate::bytes;
+
+/// A running display; [`Display::stop`] clears the line.
+pub struct Display {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Display {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn start(enabled: bool, line: impl Fn(Duration) -> String + Send + 'static) -> Display {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = enabled.then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                let mut text = line(started.elapsed());
+                text.truncate(150);
+                eprint!("\r\x1b[2K{text}");
+                let _ = std::io::stderr().flush();
+            }
+            eprint!("\r\x1b[2K");
+        })
+    });
+    Display { stop, thread }
+}
+
+pub fn start_backup(progress: Arc<BackupProgress>, enabled: bool) -> Display {
+    start(enabled, move |elapsed| {
+        let read = progress.bytes_read.load(Ordering::Relaxed);
+        let rate = read as f64 / elapsed.as_secs_f64().max(0.001);
+        format!(
+            "[{:>5.0}s] {} files, {} read ({}/s), {} errors  {}",
+            elapsed.as_secs_f64(),
+            progress.files_done.load(Ordering::Relaxed),
+            bytes(read),
+            bytes(rate as u64),
+            progress.errors.load(Ordering::Relaxed),
+            progress.current.lock().display()
+        )
+    })
+}
+
+pub fn start_restore(progress: Arc<RestoreProgress>, enabled: bool) -> Display {
+    start(enabled, move |elapsed| {
+        let done = progress.bytes_done.load(Ordering::Relaxed);
+        let total = progress.bytes_total.load(Ordering::Relaxed).max(1);
+        let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+        let eta = (total.saturating_sub(done)) as f64 / rate.max(1.0);
+        format!(
+            "[{:>5.0}s] {} of {} ({:.0}%), {}/s, ETA {:.0}s",
+            elapsed.as_secs_f64(),
+            bytes(done),
+            bytes(total),
+            100.0 * done as f64 / total as f64,
+            bytes(rate as u64),
+            eta
+        )
+    })
+}

@@ -1,0 +1,653 @@
+//! Backing up file trees.
+//!
+//! Three kinds of threads share the work (all scoped to one call of [`backup`]):
+//!
+//! * the **walker** lists directories depth-first in name order, compares each file with the
+//!   parent snapshot, and emits an ordered stream of events; files that must be read are handed
+//!   to the readers, each with a one-shot channel for its result;
+//! * **readers** open, read, chunk and hash files and give new chunks to the repository's
+//!   [`BlobWriter`] (which compresses, encrypts, packs and uploads on its own threads);
+//! * the **builder** (the calling thread) consumes the event stream in order, waits for file
+//!   results as it reaches them, and writes one tree blob per directory, bottom-up.
+//!
+//! Every channel is bounded, so memory does not grow with the size of the tree being walked
+//! beyond the directories on the current path and the events in flight.
+//!
+//! A file is unchanged, and not read, when the parent snapshot has a file of the same name with
+//! the same size, mtime, ctime and inode whose blobs are all in the index.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use lifeboat_repo::{
+    BackupSummary, BlobType, BlobWriter, ByteName, Chunker, Id, IndexedRepository, Node, NodeKind,
+    Snapshot, SourceKind, Tree, WriterOptions,
+};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result, Warning};
+use crate::meta::{node_from_metadata, read_xattrs};
+
+/// What to back up and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Paths to back up (files or directories).
+    pub paths: Vec<PathBuf>,
+    /// Exclude patterns: a pattern with a `/` matches whole absolute paths, one without
+    /// matches file names anywhere (`*.o`, `target`).
+    pub excludes: Vec<String>,
+    /// Labels for the snapshot.
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot and used to find the parent.
+    pub hostname: String,
+    /// User name recorded in the snapshot.
+    pub username: String,
+    /// Read every file even if the parent snapshot says it is unchanged.
+    pub force: bool,
+    /// Use this snapshot as the parent instead of the latest one with the same host and paths.
+    pub parent: Option<Id>,
+    /// Threads reading files; 0 picks a default.
+    pub readers: usize,
+    /// Tuning of the write pipeline.
+    pub writer: WriterOptions,
+}
+
+/// Live counters, readable from another thread while a backup runs (for progress bars).
+#[derive(Debug, Default)]
+pub struct BackupProgress {
+    /// Files finished (read or skipped as unchanged).
+    pub files_done: AtomicU64,
+    /// Bytes read from files so far.
+    pub bytes_read: AtomicU64,
+    /// Bytes of finished files (read or unchanged).
+    pub bytes_done: AtomicU64,
+    /// Directories finished.
+    pub dirs_done: AtomicU64,
+    /// Entries that failed.
+    pub errors: AtomicU64,
+    /// The file being read most recently.
+    pub current: Mutex<PathBuf>,
+}
+
+/// Result of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The new snapshot's id.
+    pub snapshot_id: Id,
+    /// The snapshot (with its summary).
+    pub snapshot: Snapshot,
+    /// Entries that could not be backed up.
+    pub warnings: Vec<Warning>,
+    /// Storage requests made.
+    pub requests: lifeboat_storage::RequestStats,
+}
+
+/// Which parts of the filesystem to walk.
+#[derive(Debug)]
+enum Selection {
+    /// Everything below.
+    All,
+    /// Only these children.
+    Only(BTreeMap<OsString, Selection>),
+}
+
+fn normalise(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).map_err(|e| Error::io("resolve", path, e))?;
+    let mut out = PathBuf::from("/");
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn selection_of(paths: &[PathBuf]) -> Selection {
+    let mut root = Selection::Only(BTreeMap::new());
+    for path in paths {
+        let mut cursor = &mut root;
+        for component in path.components() {
+            let Component::Normal(name) = component else {
+                continue;
+            };
+            cursor = match cursor {
+                Selection::All => break,
+                Selection::Only(children) => children
+                    .entry(name.to_os_string())
+                    .or_insert_with(|| Selection::Only(BTreeMap::new())),
+            };
+        }
+        *cursor = Selection::All;
+    }
+    root
+}
+
+struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Excludes> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = GlobBuilder::new(pattern.trim_end_matches('/'))
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| Error::Pattern {
+                    pattern: pattern.clone(),
+                    reason: e.to_string(),
+                })?;
+            if pattern.trim_end_matches('/').contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build().map_err(|e| Error::Pattern {
+                pattern: patterns.join(" "),
+                reason: e.to_string(),
+            })
+        };
+        Ok(Excludes {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
+    }
+
+    fn excluded(&self, path: &Path, name: &OsStr) -> bool {
+        self.names.is_match(Path::new(name)) || self.paths.is_match(path)
+    }
+}
+
+/// A file the readers must read.
+struct FileJob {
+    path: PathBuf,
+    result: Sender<std::io::Result<FileRead>>,
+}
+
+struct FileRead {
+    content: Vec<Id>,
+    bytes: u64,
+}
+
+/// How a file entered the snapshot.
+#[derive(Clone, Copy)]
+enum FileState {
+    New,
+    Changed,
+    Unchanged,
+}
+
+enum Event {
+    EnterDir(Node),
+    LeaveDir,
+    Leaf(Node),
+    File(
+        Node,
+        FileState,
+        Option<Receiver<std::io::Result<FileRead>>>,
+        PathBuf,
+    ),
+}
+
+struct Walker<'a> {
+    repo: &'a IndexedRepository,
+    excludes: Excludes,
+    force: bool,
+    events: Sender<Event>,
+    jobs: Sender<FileJob>,
+    warnings: &'a Mutex<Vec<Warning>>,
+    progress: &'a BackupProgress,
+}
+
+impl Walker<'_> {
+    fn warn(&self, path: &Path, message: String) {
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        self.warnings.lock().push(Warning {
+            path: path.to_path_buf(),
+            message,
+        });
+    }
+
+    fn parent_subtree(&self, parent: Option<&Tree>, name: &[u8]) -> Option<Tree> {
+        let node = parent?.find(name)?;
+        let id = node.subtree.filter(|_| node.kind == NodeKind::Dir)?;
+        // A parent tree that cannot be read only costs change detection, not correctness.
+        self.repo.read_tree(&id).ok()
+    }
+
+    /// Emits the events for the entries of `dir`. Returns false if the builder went away.
+    fn walk(&self, dir: &Path, selection: &Selection, parent: Option<&Tree>) -> bool {
+        let names: Vec<(OsString, Option<&Selection>)> = match selection {
+            Selection::Only(children) => {
+                children.iter().map(|(n, s)| (n.clone(), Some(s))).collect()
+            }
+            Selection::All => match std::fs::read_dir(dir) {
+                Ok(entries) => {
+                    let mut names = Vec::new();
+                    for entry in entries {
+                        match entry {
+                            Ok(entry) => names.push((entry.file_name(), None)),
+                            Err(e) => self.warn(dir, format!("cannot list directory: {e}")),
+                        }
+                    }
+                    names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                    names
+                }
+                Err(e) => {
+                    self.warn(dir, format!("cannot list directory: {e}"));
+                    return true;
+                }
+            },
+        };
+        for (name, child_selection) in names {
+            let path = dir.join(&name);
+            if child_selection.is_none() && self.excludes.excluded(&path, &name) {
+                continue;
+            }
+            if !self.entry(
+                &path,
+                name.as_bytes(),
+                child_selection.unwrap_or(&Selection::All),
+                parent,
+            ) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn entry(
+        &self,
+        path: &Path,
+        name: &[u8],
+        selection: &Selection,
+        parent: Option<&Tree>,
+    ) -> bool {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.warn(path, format!("cannot read metadata: {e}"));
+                return true;
+            }
+        };
+        let mut node = node_from_metadata(name, &meta);
+        match read_xattrs(path) {
+            Ok(xattrs) => node.xattrs = xattrs,
+            Err(e) => self.warn(path, format!("cannot read extended attributes: {e}")),
+        }
+        match node.kind {
+            NodeKind::Dir => {
+                let sub_parent = self.parent_subtree(parent, name);
+                self.events.send(Event::EnterDir(node)).is_ok()
+                    && self.walk(path, selection, sub_parent.as_ref())
+                    && self.events.send(Event::LeaveDir).is_ok()
+            }
+            NodeKind::File => {
+                let previous = parent.and_then(|t| t.find(name));
+                let state = match previous {
+                    None => FileState::New,
+                    Some(old) if !self.force && self.unchanged(old, &node) => FileState::Unchanged,
+                    Some(_) => FileState::Changed,
+                };
+                if let (FileState::Unchanged, Some(old)) = (state, previous) {
+                    node.content = old.content.clone();
+                    return self
+                        .events
+                        .send(Event::File(node, state, None, path.to_path_buf()))
+                        .is_ok();
+                }
+                let (tx, rx) = bounded(1);
+                let job = FileJob {
+                    path: path.to_path_buf(),
+                    result: tx,
+                };
+                // Event first: the builder must be able to wait on it while the job queues.
+                self.events
+                    .send(Event::File(node, state, Some(rx), path.to_path_buf()))
+                    .is_ok()
+                    && self.jobs.send(job).is_ok()
+            }
+            NodeKind::Symlink => {
+                match std::fs::read_link(path) {
+                    Ok(target) => {
+                        node.target = Some(ByteName(target.as_os_str().as_bytes().to_vec()))
+                    }
+                    Err(e) => {
+                        self.warn(path, format!("cannot read symlink: {e}"));
+                        return true;
+                    }
+                }
+                self.events.send(Event::Leaf(node)).is_ok()
+            }
+            _ => self.events.send(Event::Leaf(node)).is_ok(),
+        }
+    }
+
+    fn unchanged(&self, old: &Node, new: &Node) -> bool {
+        old.kind == NodeKind::File
+            && old.size == new.size
+            && old.mtime == new.mtime
+            && old.ctime == new.ctime
+            && old.inode == new.inode
+            && old.content.iter().all(|id| self.repo.index().contains(id))
+    }
+}
+
+fn read_file(
+    path: &Path,
+    chunker: &Chunker,
+    writer: &BlobWriter,
+    buffer: &mut Vec<u8>,
+    progress: &BackupProgress,
+) -> std::io::Result<FileRead> {
+    let file = File::open(path)?;
+    let mut content = Vec::new();
+    let mut bytes = 0u64;
+    let mut chunks = chunker.chunks_with_buffer(file, std::mem::take(buffer));
+    for chunk in chunks.by_ref() {
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        progress
+            .bytes_read
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let (id, _) = writer
+            .add(BlobType::Data, chunk)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        content.push(id);
+    }
+    *buffer = chunks.into_buffer();
+    Ok(FileRead { content, bytes })
+}
+
+fn reader_loop(
+    jobs: Receiver<FileJob>,
+    chunker: &Chunker,
+    writer: &BlobWriter,
+    progress: &BackupProgress,
+) {
+    let mut buffer = Vec::new();
+    for job in jobs {
+        *progress.current.lock() = job.path.clone();
+        let result = read_file(&job.path, chunker, writer, &mut buffer, progress);
+        let _ = job.result.send(result);
+    }
+}
+
+struct Frame {
+    node: Option<Node>,
+    children: Vec<Node>,
+}
+
+struct Builder<'a> {
+    writer: &'a BlobWriter,
+    summary: BackupSummary,
+    warnings: &'a Mutex<Vec<Warning>>,
+    progress: &'a BackupProgress,
+}
+
+impl Builder<'_> {
+    fn save_tree(&mut self, children: Vec<Node>) -> Result<Id> {
+        let tree = Tree::new(children);
+        let (id, _) = self.writer.add(BlobType::Tree, tree.to_bytes())?;
+        Ok(id)
+    }
+
+    fn run(&mut self, events: Receiver<Event>) -> Result<Id> {
+        let mut stack = vec![Frame {
+            node: None,
+            children: Vec::new(),
+        }];
+        for event in events {
+            match event {
+                Event::EnterDir(node) => stack.push(Frame {
+                    node: Some(node),
+                    children: Vec::new(),
+                }),
+                Event::LeaveDir => {
+                    let frame = stack.pop().expect("walker emits balanced events");
+                    let mut node = frame.node.expect("only the root frame has no node");
+                    node.subtree = Some(self.save_tree(frame.children)?);
+                    self.summary.dirs += 1;
+                    self.progress.dirs_done.fetch_add(1, Ordering::Relaxed);
+                    stack.last_mut().expect("root frame").children.push(node);
+                }
+                Event::Leaf(node) => {
+                    self.summary.others += 1;
+                    stack.last_mut().expect("root frame").children.push(node);
+                }
+                Event::File(mut node, state, pending, path) => {
+                    if let Some(rx) = pending {
+                        match rx.recv() {
+                            Ok(Ok(read)) => {
+                                node.content = read.content;
+                                // The file may have grown or shrunk while read: record what we read.
+                                node.size = read.bytes;
+                                self.summary.bytes_read += read.bytes;
+                            }
+                            Ok(Err(_)) if self.writer.failed() => {
+                                return Err(lifeboat_repo::Error::Pipeline("stopped".into()).into());
+                            }
+                            Ok(Err(e)) => {
+                                self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                                self.warnings.lock().push(Warning {
+                                    path,
+                                    message: format!("cannot read file: {e}"),
+                                });
+                                continue;
+                            }
+                            Err(_) => {
+                                return Err(lifeboat_repo::Error::Pipeline(
+                                    "a reader thread stopped".into(),
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                    match state {
+                        FileState::New => self.summary.files_new += 1,
+                        FileState::Changed => self.summary.files_changed += 1,
+                        FileState::Unchanged => self.summary.files_unchanged += 1,
+                    }
+                    self.summary.bytes_total += node.size;
+                    self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    self.progress
+                        .bytes_done
+                        .fetch_add(node.size, Ordering::Relaxed);
+                    stack.last_mut().expect("root frame").children.push(node);
+                }
+            }
+        }
+        let root = stack.pop().expect("root frame");
+        assert!(stack.is_empty(), "walker emits balanced events");
+        self.save_tree(root.children)
+    }
+}
+
+/// Finds the latest snapshot of the same host and paths, to skip unchanged files.
+fn find_parent(
+    repo: &IndexedRepository,
+    hostname: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Tree)>> {
+    let parent = repo.snapshots()?.into_iter().rev().find(|s| {
+        s.snapshot.source == SourceKind::Files
+            && s.snapshot.hostname == hostname
+            && s.snapshot.paths == paths
+    });
+    match parent {
+        Some(entry) => Ok(Some((entry.id, repo.read_tree(&entry.snapshot.tree)?))),
+        None => Ok(None),
+    }
+}
+
+/// Backs up `options.paths` into a new snapshot.
+pub fn backup(
+    repo: &IndexedRepository,
+    options: &BackupOptions,
+    progress: &BackupProgress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let time = jiff::Timestamp::now();
+    if options.paths.is_empty() {
+        return Err(Error::NoPaths);
+    }
+    let mut paths = options
+        .paths
+        .iter()
+        .map(|p| normalise(p))
+        .collect::<Result<Vec<_>>>()?;
+    paths.sort();
+    paths.dedup();
+    for path in &paths {
+        std::fs::symlink_metadata(path).map_err(|e| Error::io("cannot back up", path, e))?;
+    }
+    let path_strings: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let parent = match (options.force, options.parent) {
+        (true, _) => None,
+        (false, Some(id)) => Some((id, repo.read_tree(&repo.load_snapshot(&id)?.tree)?)),
+        (false, None) => find_parent(repo, &options.hostname, &path_strings)?,
+    };
+    let selection = selection_of(&paths);
+    let excludes = Excludes::new(&options.excludes)?;
+    let chunker = repo.chunker();
+    let writer = BlobWriter::new(repo, &options.writer);
+    let warnings = Mutex::new(Vec::new());
+    let readers = if options.readers == 0 {
+        2
+    } else {
+        options.readers
+    };
+
+    let (event_tx, event_rx) = bounded::<Event>(4096);
+    let (job_tx, job_rx) = bounded::<FileJob>(64);
+    let root = std::thread::scope(|scope| {
+        for n in 0..readers {
+            let (jobs, chunker, writer) = (job_rx.clone(), &chunker, &writer);
+            std::thread::Builder::new()
+                .name(format!("lifeboat-read-{n}"))
+                .spawn_scoped(scope, move || reader_loop(jobs, chunker, writer, progress))
+                .expect("spawn reader");
+        }
+        drop(job_rx);
+        let walker = Walker {
+            repo,
+            excludes,
+            force: options.force,
+            events: event_tx,
+            jobs: job_tx,
+            warnings: &warnings,
+            progress,
+        };
+        let parent_tree = parent.as_ref().map(|(_, tree)| tree);
+        std::thread::Builder::new()
+            .name("lifeboat-walk".into())
+            .spawn_scoped(scope, move || {
+                walker.walk(Path::new("/"), &selection, parent_tree);
+            })
+            .expect("spawn walker");
+        let mut builder = Builder {
+            writer: &writer,
+            summary: BackupSummary::default(),
+            warnings: &warnings,
+            progress,
+        };
+        // On error the builder drops its receiver, which stops the walker, which drops the job
+        // sender, which stops the readers: the scope then ends without deadlock.
+        builder.run(event_rx).map(|root| (root, builder.summary))
+    });
+    let (root, mut summary) = match root {
+        Ok(done) => done,
+        // A failed pipeline stage is the cause of whatever the builder saw: report that.
+        Err(e) => return Err(writer.finish().err().map_or(e, Error::from)),
+    };
+    let stats = writer.finish()?;
+    summary.errors = progress.errors.load(Ordering::Relaxed);
+    summary.blobs_added = stats.blobs_added;
+    summary.bytes_added = stats.bytes_added;
+    summary.bytes_stored = stats.bytes_stored;
+    summary.packs_written = stats.packs_written;
+    summary.duration_secs = started.elapsed().as_secs_f64();
+    let snapshot = Snapshot {
+        version: lifeboat_repo::snapshot::SNAPSHOT_VERSION,
+        time,
+        tree: root,
+        paths: path_strings,
+        hostname: options.hostname.clone(),
+        username: options.username.clone(),
+        tags: options.tags.clone(),
+        parent: parent.map(|(id, _)| id),
+        source: SourceKind::Files,
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+        summary: Some(summary),
+    };
+    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    Ok(BackupOutcome {
+        snapshot_id,
+        snapshot,
+        warnings: warnings.into_inner(),
+        requests: repo.storage().request_stats(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_nests_paths_and_all_wins() {
+        let sel = selection_of(&[
+            PathBuf::from("/a/b"),
+            PathBuf::from("/a/b/c"),
+            PathBuf::from("/d"),
+        ]);
+        let Selection::Only(root) = sel else { panic!() };
+        assert_eq!(root.len(), 2);
+        let Selection::Only(a) = &root[OsStr::new("a")] else {
+            panic!()
+        };
+        assert!(matches!(a[OsStr::new("b")], Selection::All));
+        assert!(matches!(
+            selection_of(&[PathBuf::from("/")]),
+            Selection::All
+        ));
+    }
+
+    #[test]
+    fn excludes_match_names_or_paths() {
+        let ex = Excludes::new(&["*.o".into(), "/srv/*/cache".into(), "target/".into()]).unwrap();
+        assert!(ex.excluded(Path::new("/x/y.o"), OsStr::new("y.o")));
+        assert!(ex.excluded(Path::new("/srv/app/cache"), OsStr::new("cache")));
+        assert!(!ex.excluded(Path::new("/srv/app/sub/cache"), OsStr::new("cache")));
+        assert!(ex.excluded(Path::new("/p/target"), OsStr::new("target")));
+        assert!(!ex.excluded(Path::new("/p/src"), OsStr::new("src")));
+        assert!(Excludes::new(&["a[".into()]).is_err());
+    }
+
+    #[test]
+    fn normalise_makes_absolute_clean_paths() {
+        assert_eq!(
+            normalise(Path::new("/a/./b/../c")).unwrap(),
+            PathBuf::from("/a/c")
+        );
+        assert!(normalise(Path::new("rel")).unwrap().is_absolute());
+    }
+}

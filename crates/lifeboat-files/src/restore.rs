@@ -1,0 +1,609 @@
+//! Restoring file trees.
+//!
+//! Restore is organised by pack, not by file: after walking the snapshot's trees (creating
+//! directories, symlinks and special files as it goes), it knows for every pack which blobs it
+//! needs and where each goes (file and offset). Worker threads then read each pack once, in a
+//! few large range reads, authenticate and verify every blob, and write it to all its places
+//! with positioned writes. A blob shared by many files is read once. Blocks of zeros are not
+//! written, so sparse files stay sparse. Metadata is applied last, directories deepest first,
+//! so that writing into a directory does not disturb its restored times.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use lifeboat_repo::pack::decode_blob;
+use lifeboat_repo::repository::pack_key;
+use lifeboat_repo::{Id, IdMap, IndexedRepository, Node, NodeKind, Snapshot};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result, Warning};
+use crate::meta::{apply_metadata, running_as_root};
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore only entries matching these globs (matched against the path in the snapshot,
+    /// such as `/srv/app/config.toml`) and everything below them. Empty restores everything.
+    pub include: Vec<String>,
+    /// Allow a target that already holds files (existing files are replaced).
+    pub overwrite: bool,
+    /// Threads reading packs; 0 picks a default.
+    pub workers: usize,
+}
+
+/// Live counters for progress display.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// Bytes of file content the restore will write in total (known after planning).
+    pub bytes_total: AtomicU64,
+    /// Bytes of file content written so far.
+    pub bytes_done: AtomicU64,
+    /// Packs finished.
+    pub packs_done: AtomicU64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    /// Regular files restored.
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Symlinks, devices, pipes restored.
+    pub others: u64,
+    /// Hard links recreated.
+    pub hardlinks: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Blobs read and verified.
+    pub blobs_read: u64,
+    /// Problems that did not stop the restore (metadata that could not be set, entries skipped,
+    /// files whose data could not be read).
+    pub warnings: Vec<Warning>,
+}
+
+struct TargetFile {
+    path: PathBuf,
+    node: Node,
+    created: OnceLock<std::io::Result<()>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl TargetFile {
+    fn ensure_created(&self) -> std::io::Result<()> {
+        match self.created.get_or_init(|| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&self.path)
+                .map(|_| ())
+        }) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// Where one blob goes.
+#[derive(Clone, Copy)]
+struct Place {
+    file: u32,
+    offset: u64,
+}
+
+struct BlobNeed {
+    id: Id,
+    offset: u32,
+    stored_len: u32,
+    places: Vec<Place>,
+}
+
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    others: Vec<(PathBuf, Node)>,
+    files: Vec<TargetFile>,
+    hardlinks: Vec<(PathBuf, u32)>,
+    by_pack: HashMap<u32, Vec<BlobNeed>>,
+    warnings: Vec<Warning>,
+    bytes: u64,
+}
+
+struct Includes(Option<GlobSet>);
+
+impl Includes {
+    fn new(patterns: &[String]) -> Result<Includes> {
+        if patterns.is_empty() {
+            return Ok(Includes(None));
+        }
+        let mut set = GlobSetBuilder::new();
+        for pattern in patterns {
+            let trimmed = pattern.trim_end_matches('/');
+            let anchored = if trimmed.starts_with('/') {
+                trimmed.to_string()
+            } else {
+                format!("/{trimmed}")
+            };
+            let glob = GlobBuilder::new(&anchored)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::Pattern {
+                    pattern: pattern.clone(),
+                    reason: e.to_string(),
+                })?;
+            set.add(glob);
+        }
+        let set = set.build().map_err(|e| Error::Pattern {
+            pattern: patterns.join(" "),
+            reason: e.to_string(),
+        })?;
+        Ok(Includes(Some(set)))
+    }
+
+    fn matches(&self, snapshot_path: &Path) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|set| set.is_match(snapshot_path))
+    }
+}
+
+struct Planner<'a> {
+    repo: &'a IndexedRepository,
+    target: &'a Path,
+    includes: Includes,
+    plan: Plan,
+    blob_places: IdMap<Vec<Place>>,
+    links: HashMap<(u64, u64), u32>,
+}
+
+impl Planner<'_> {
+    fn warn(&mut self, path: &Path, message: String) {
+        self.plan.warnings.push(Warning {
+            path: path.to_path_buf(),
+            message,
+        });
+    }
+
+    /// Creates the directories leading to `dir` that the include filter skipped so far.
+    fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Walks one tree. `included` is true when an ancestor matched the include filter.
+    fn walk(
+        &mut self,
+        tree_id: &Id,
+        snapshot_dir: &Path,
+        target_dir: &Path,
+        included: bool,
+    ) -> Result<bool> {
+        let tree = self.repo.read_tree(tree_id)?;
+        let mut any = false;
+        for node in tree.nodes {
+            let name = OsStr::from_bytes(&node.name.0);
+            if name.is_empty() || name == "." || name == ".." || node.name.0.contains(&b'/') {
+                self.warn(
+                    &snapshot_dir.join(name),
+                    "unsafe name in snapshot, skipped".to_string(),
+                );
+                continue;
+            }
+            let snapshot_path = snapshot_dir.join(name);
+            let target_path = target_dir.join(name);
+            let selected = included || self.includes.matches(&snapshot_path);
+            if node.kind == NodeKind::Dir {
+                let Some(subtree) = node.subtree else {
+                    self.warn(
+                        &snapshot_path,
+                        "directory without a tree, skipped".to_string(),
+                    );
+                    continue;
+                };
+                if selected {
+                    self.ensure_dir(&target_path)?;
+                }
+                let inner = self.walk(&subtree, &snapshot_path, &target_path, selected)?;
+                if selected || inner {
+                    self.plan.dirs.push((target_path, node));
+                    any = true;
+                }
+                continue;
+            }
+            if !selected {
+                continue;
+            }
+            self.ensure_dir(target_dir)?;
+            any = true;
+            self.leaf(node, target_path)?;
+        }
+        Ok(any)
+    }
+
+    fn leaf(&mut self, node: Node, path: PathBuf) -> Result<()> {
+        remove_existing(&path)?;
+        match node.kind {
+            NodeKind::File => self.file(node, path),
+            NodeKind::Symlink => {
+                let target = OsStr::from_bytes(node.target.as_ref().map_or(&[][..], |t| &t.0[..]));
+                if let Err(e) = std::os::unix::fs::symlink(target, &path) {
+                    self.warn(&path, format!("cannot create symlink: {e}"));
+                } else {
+                    self.plan.others.push((path, node));
+                }
+                Ok(())
+            }
+            NodeKind::Fifo | NodeKind::CharDevice | NodeKind::BlockDevice => {
+                let (ty, dev) = match node.kind {
+                    NodeKind::Fifo => (rustix::fs::FileType::Fifo, 0),
+                    NodeKind::CharDevice => (
+                        rustix::fs::FileType::CharacterDevice,
+                        node.rdev.unwrap_or(0),
+                    ),
+                    _ => (rustix::fs::FileType::BlockDevice, node.rdev.unwrap_or(0)),
+                };
+                let mode = rustix::fs::Mode::from_raw_mode(node.mode & 0o777);
+                match rustix::fs::mknodat(rustix::fs::CWD, &path, ty, mode, dev) {
+                    Ok(()) => self.plan.others.push((path, node)),
+                    Err(e) => self.warn(
+                        &path,
+                        format!("cannot create {:?}: {e} (devices need root)", node.kind),
+                    ),
+                }
+                Ok(())
+            }
+            NodeKind::Socket => {
+                self.warn(&path, "sockets cannot be restored, skipped".to_string());
+                Ok(())
+            }
+            NodeKind::Dir => unreachable!("directories are walked"),
+        }
+    }
+
+    fn file(&mut self, node: Node, path: PathBuf) -> Result<()> {
+        if node.links > 1
+            && let Some(&first) = self.links.get(&(node.device, node.inode))
+        {
+            self.plan.hardlinks.push((path, first));
+            return Ok(());
+        }
+        let index = u32::try_from(self.plan.files.len()).expect("fewer than 4 billion files");
+        if node.links > 1 {
+            self.links.insert((node.device, node.inode), index);
+        }
+        let mut offset = 0u64;
+        for id in &node.content {
+            let Some(location) = self.repo.index().get(id) else {
+                self.warn(
+                    &path,
+                    format!("blob {id} is missing from the repository; the file is incomplete"),
+                );
+                offset = u64::MAX;
+                break;
+            };
+            self.blob_places.entry(*id).or_default().push(Place {
+                file: index,
+                offset,
+            });
+            offset += u64::from(location.raw_len);
+        }
+        if offset != u64::MAX {
+            self.plan.bytes += offset;
+        }
+        self.plan.files.push(TargetFile {
+            path,
+            node,
+            created: OnceLock::new(),
+            failed: Mutex::new(None),
+        });
+        Ok(())
+    }
+
+    fn finish(mut self) -> Plan {
+        let index = self.repo.index();
+        for (id, places) in self.blob_places {
+            let location = index.get(&id).expect("planned blobs are indexed");
+            self.plan
+                .by_pack
+                .entry(location.pack)
+                .or_default()
+                .push(BlobNeed {
+                    id,
+                    offset: location.offset,
+                    stored_len: location.stored_len,
+                    places,
+                });
+        }
+        self.plan
+    }
+}
+
+fn remove_existing(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            std::fs::remove_dir_all(path).map_err(|e| Error::io("replace", path, e))
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io("replace", path, e)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Reads close together are merged: one request for up to this much unneeded data in between
+/// is cheaper than two requests.
+const MAX_GAP: u64 = 1 << 20;
+/// Upper bound of one range read.
+const MAX_READ: u64 = 32 << 20;
+
+/// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so holes stay holes.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + BLOCK).min(data.len());
+        if data[start..end].iter().all(|&b| b == 0) {
+            start = end;
+            continue;
+        }
+        // Extend over following non-zero blocks to write in one call.
+        let mut run_end = end;
+        while run_end < data.len() {
+            let next = (run_end + BLOCK).min(data.len());
+            if data[run_end..next].iter().all(|&b| b == 0) {
+                break;
+            }
+            run_end = next;
+        }
+        file.write_all_at(&data[start..run_end], offset + start as u64)?;
+        start = run_end;
+    }
+    Ok(())
+}
+
+struct Executor<'a> {
+    repo: &'a IndexedRepository,
+    files: &'a [TargetFile],
+    progress: &'a RestoreProgress,
+    blobs_read: AtomicU64,
+}
+
+impl Executor<'_> {
+    fn fail_all(&self, need: &BlobNeed, message: &str) {
+        for place in &need.places {
+            let mut slot = self.files[place.file as usize].failed.lock();
+            slot.get_or_insert_with(|| message.to_string());
+        }
+    }
+
+    fn pack(&self, pack: u32, mut needs: Vec<BlobNeed>) {
+        let info = *self
+            .repo
+            .index()
+            .packs()
+            .get(pack as usize)
+            .expect("planned pack");
+        let key = pack_key(&info.id);
+        needs.sort_by_key(|n| n.offset);
+        let mut i = 0;
+        while i < needs.len() {
+            // Grow a range over following blobs while gaps and total size stay small.
+            let start = u64::from(needs[i].offset);
+            let mut end = start + u64::from(needs[i].stored_len);
+            let mut j = i + 1;
+            while j < needs.len() {
+                let next_start = u64::from(needs[j].offset);
+                let next_end = next_start + u64::from(needs[j].stored_len);
+                if next_start > end + MAX_GAP || next_end - start > MAX_READ {
+                    break;
+                }
+                end = end.max(next_end);
+                j += 1;
+            }
+            match self.repo.storage().get_range(&key, start..end) {
+                Ok(bytes) => {
+                    for need in &needs[i..j] {
+                        let from = (u64::from(need.offset) - start) as usize;
+                        let to = from + need.stored_len as usize;
+                        if to > bytes.len() {
+                            self.fail_all(
+                                need,
+                                &format!("pack {key} is truncated: blob {} is cut off", need.id),
+                            );
+                            continue;
+                        }
+                        self.blob(&info.salt, need, &bytes[from..to], &key);
+                    }
+                }
+                Err(e) => {
+                    for need in &needs[i..j] {
+                        self.fail_all(need, &e.to_string());
+                    }
+                }
+            }
+            i = j;
+        }
+        self.progress.packs_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn blob(&self, salt: &[u8; 32], need: &BlobNeed, sealed: &[u8], pack: &str) {
+        let location = self
+            .repo
+            .index()
+            .get(&need.id)
+            .expect("planned blobs are indexed");
+        let entry = self.repo.index().entry(need.id, location);
+        let what = format!("blob {} in pack {pack}", need.id);
+        let data = match decode_blob(self.repo.key(), salt, &entry, sealed, &what) {
+            Ok(data) => data,
+            Err(e) => return self.fail_all(need, &e.to_string()),
+        };
+        self.blobs_read.fetch_add(1, Ordering::Relaxed);
+        for place in &need.places {
+            let target = &self.files[place.file as usize];
+            let result = target.ensure_created().and_then(|()| {
+                if data.iter().all(|&b| b == 0) {
+                    return Ok(());
+                }
+                let file = OpenOptions::new().write(true).open(&target.path)?;
+                write_sparse(&file, &data, place.offset)
+            });
+            match result {
+                Ok(()) => {
+                    self.progress
+                        .bytes_done
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    target
+                        .failed
+                        .lock()
+                        .get_or_insert_with(|| format!("cannot write: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn is_empty_dir(path: &Path) -> Result<bool> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io("read restore target", path, e)),
+    }
+}
+
+/// Restores `snapshot` (or the parts matching `options.include`) into `target`.
+pub fn restore(
+    repo: &IndexedRepository,
+    snapshot: &Snapshot,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreSummary> {
+    if !options.overwrite && !is_empty_dir(target)? {
+        return Err(Error::TargetNotEmpty(target.to_path_buf()));
+    }
+    std::fs::create_dir_all(target).map_err(|e| Error::io("create restore target", target, e))?;
+    let mut planner = Planner {
+        repo,
+        target,
+        includes: Includes::new(&options.include)?,
+        plan: Plan {
+            dirs: Vec::new(),
+            others: Vec::new(),
+            files: Vec::new(),
+            hardlinks: Vec::new(),
+            by_pack: HashMap::new(),
+            warnings: Vec::new(),
+            bytes: 0,
+        },
+        blob_places: IdMap::default(),
+        links: HashMap::new(),
+    };
+    let root_target = planner.target.to_path_buf();
+    planner.walk(&snapshot.tree, Path::new("/"), &root_target, false)?;
+    let mut plan = planner.finish();
+    progress.bytes_total.store(plan.bytes, Ordering::Relaxed);
+
+    let executor = Executor {
+        repo,
+        files: &plan.files,
+        progress,
+        blobs_read: AtomicU64::new(0),
+    };
+    let mut packs: Vec<(u32, Vec<BlobNeed>)> = plan.by_pack.drain().collect();
+    packs.sort_by_key(|(pack, _)| *pack);
+    let queue = Mutex::new(packs);
+    let workers = if options.workers == 0 {
+        4
+    } else {
+        options.workers
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let Some((pack, needs)) = queue.lock().pop() else {
+                        break;
+                    };
+                    executor.pack(pack, needs);
+                }
+            });
+        }
+    });
+
+    let as_root = running_as_root();
+    let mut summary = RestoreSummary {
+        blobs_read: executor.blobs_read.load(Ordering::Relaxed),
+        warnings: std::mem::take(&mut plan.warnings),
+        ..Default::default()
+    };
+    for file in &plan.files {
+        let outcome = file.ensure_created().and_then(|()| {
+            // Sets the length of files that end in a hole (or are all holes).
+            OpenOptions::new()
+                .write(true)
+                .open(&file.path)?
+                .set_len(file.node.size)
+        });
+        if let Err(e) = outcome {
+            file.failed
+                .lock()
+                .get_or_insert_with(|| format!("cannot create: {e}"));
+        }
+        if let Some(message) = file.failed.lock().take() {
+            summary.warnings.push(Warning {
+                path: file.path.clone(),
+                message,
+            });
+            continue;
+        }
+        summary.files += 1;
+        summary.bytes += file.node.size;
+        for problem in apply_metadata(&file.path, &file.node, as_root) {
+            summary.warnings.push(Warning {
+                path: file.path.clone(),
+                message: problem,
+            });
+        }
+    }
+    for (path, first) in &plan.hardlinks {
+        let original = &plan.files[*first as usize].path;
+        match std::fs::hard_link(original, path) {
+            Ok(()) => summary.hardlinks += 1,
+            Err(e) => summary.warnings.push(Warning {
+                path: path.clone(),
+                message: format!("cannot link to {}: {e}", original.display()),
+            }),
+        }
+    }
+    for (path, node) in &plan.others {
+        summary.others += 1;
+        for problem in apply_metadata(path, node, as_root) {
+            summary.warnings.push(Warning {
+                path: path.clone(),
+                message: problem,
+            });
+        }
+    }
+    // `dirs` is in post-order (children before parents), so a directory's times are set after
+    // everything inside it is finished.
+    for (path, node) in &plan.dirs {
+        summary.dirs += 1;
+        for problem in apply_metadata(path, node, as_root) {
+            summary.warnings.push(Warning {
+                path: path.clone(),
+                message: problem,
+            });
+        }
+    }
+    Ok(summary)
+}
