@@ -222,7 +222,7 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
 }
 
 fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
-    let repo = open(global)?.load_index()?;
+    let mut repo = open(global)?.load_index()?;
     let parent = match &args.parent {
         Some(query) => Some(repo.find_snapshot(query)?.id),
         None => None,
@@ -239,7 +239,7 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
     };
     let progress = Arc::new(BackupProgress::default());
     let display = progress::start_backup(progress.clone(), show_progress(global));
-    let outcome = lifeboat_files::backup(&repo, &options, &progress);
+    let outcome = lifeboat_files::backup(&mut repo, &options, &progress);
     display.stop();
     let outcome = outcome?;
     for warning in &outcome.warnings {

@@ -498,7 +498,7 @@ fn find_parent(
 
 /// Backs up `options.paths` into a new snapshot.
 pub fn backup(
-    repo: &IndexedRepository,
+    repo: &mut IndexedRepository,
     options: &BackupOptions,
     progress: &BackupProgress,
 ) -> Result<BackupOutcome> {
@@ -579,7 +579,7 @@ pub fn backup(
         // A failed pipeline stage is the cause of whatever the builder saw: report that.
         Err(e) => return Err(writer.finish().err().map_or(e, Error::from)),
     };
-    let stats = writer.finish()?;
+    let mut stats = writer.finish()?;
     summary.errors = progress.errors.load(Ordering::Relaxed);
     summary.blobs_added = stats.blobs_added;
     summary.bytes_added = stats.bytes_added;
@@ -600,6 +600,7 @@ pub fn backup(
         summary: Some(summary),
     };
     let snapshot_id = repo.save_snapshot(&snapshot)?;
+    repo.add_packs(std::mem::take(&mut stats.packs));
     Ok(BackupOutcome {
         snapshot_id,
         snapshot,

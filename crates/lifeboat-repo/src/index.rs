@@ -189,7 +189,7 @@ pub struct PackInfo {
 }
 
 /// All blob locations of a repository, in memory.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Index {
     packs: Vec<PackInfo>,
     pack_positions: IdMap<u32>,

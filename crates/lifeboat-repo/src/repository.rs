@@ -379,6 +379,15 @@ impl IndexedRepository {
         &self.index
     }
 
+    /// Adds packs written since the index was loaded (from [`crate::WriterStats::packs`]).
+    pub fn add_packs(&mut self, packs: Vec<crate::index::PackRecord>) {
+        // Cheap when no writer still holds the index; a copy otherwise.
+        let index = Arc::make_mut(&mut self.index);
+        for pack in packs {
+            index.add_pack(pack);
+        }
+    }
+
     /// Reads, authenticates, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let location = self.index.get(id).ok_or(Error::MissingBlob(*id))?;

@@ -65,6 +65,8 @@ pub struct WriterStats {
     pub packs_written: u64,
     /// Index objects written.
     pub index_files_written: u64,
+    /// The packs written, to update an in-memory index (see [`IndexedRepository::add_packs`]).
+    pub packs: Vec<PackRecord>,
 }
 
 struct Job {
@@ -90,6 +92,7 @@ struct Shared {
     bytes_stored: AtomicU64,
     packs_written: AtomicU64,
     index_files_written: AtomicU64,
+    packs: Mutex<Vec<PackRecord>>,
 }
 
 impl Shared {
@@ -206,6 +209,9 @@ impl BlobWriter {
     }
 
     /// Flushes open packs, waits for every upload and writes the last index object.
+    ///
+    /// The repository handle the writer came from does not see the new blobs until they are
+    /// added with [`IndexedRepository::add_packs`].
     pub fn finish(mut self) -> Result<WriterStats> {
         self.jobs = None;
         for thread in self.threads.drain(..) {
@@ -224,6 +230,7 @@ impl BlobWriter {
             bytes_stored: s.bytes_stored.load(Ordering::Relaxed),
             packs_written: s.packs_written.load(Ordering::Relaxed),
             index_files_written: s.index_files_written.load(Ordering::Relaxed),
+            packs: std::mem::take(&mut *s.packs.lock()),
         })
     }
 }
@@ -350,11 +357,13 @@ fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared) 
         }
         shared.bytes_stored.fetch_add(len, Ordering::Relaxed);
         shared.packs_written.fetch_add(1, Ordering::Relaxed);
-        batch.push(PackRecord {
+        let record = PackRecord {
             id: pack.id,
             salt: pack.salt,
             entries: pack.entries,
-        });
+        };
+        shared.packs.lock().push(record.clone());
+        batch.push(record);
         if batch.len() >= INDEX_PACKS_PER_OBJECT
             && let Err(e) = save_batch(&mut batch)
         {
