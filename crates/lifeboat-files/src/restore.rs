@@ -422,11 +422,29 @@ impl Executor<'_> {
                         self.blob(&info.salt, need, &bytes[from..to], &key);
                     }
                 }
-                Err(e) => {
+                Err(e) if j - i > 1 => {
+                    // One damaged blob (a truncated pack, say) must not cost its neighbours:
+                    // retry the blobs of the range one by one.
+                    tracing::debug!("range read of {key} failed ({e}); reading blobs singly");
                     for need in &needs[i..j] {
-                        self.fail_all(need, &e.to_string());
+                        let start = u64::from(need.offset);
+                        match self
+                            .repo
+                            .storage()
+                            .get_range(&key, start..start + u64::from(need.stored_len))
+                        {
+                            Ok(bytes) if bytes.len() == need.stored_len as usize => {
+                                self.blob(&info.salt, need, &bytes, &key)
+                            }
+                            Ok(_) => self.fail_all(
+                                need,
+                                &format!("pack {key} is truncated: blob {} is cut off", need.id),
+                            ),
+                            Err(e) => self.fail_all(need, &e.to_string()),
+                        }
                     }
                 }
+                Err(e) => self.fail_all(&needs[i], &e.to_string()),
             }
             i = j;
         }

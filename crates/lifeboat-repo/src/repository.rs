@@ -366,6 +366,15 @@ pub struct IndexedRepository {
     index: Arc<Index>,
 }
 
+impl std::fmt::Debug for IndexedRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexedRepository")
+            .field("repo", &self.repo)
+            .field("blobs", &self.index.blob_count())
+            .finish()
+    }
+}
+
 impl std::ops::Deref for IndexedRepository {
     type Target = Repository;
     fn deref(&self) -> &Repository {

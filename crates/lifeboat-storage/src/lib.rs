@@ -46,6 +46,16 @@ pub enum StorageError {
         /// Where the repository lives.
         location: String,
     },
+    /// A range read asked for bytes past the end of the object.
+    #[error("object {key} in {location} ends before byte {end}: it is truncated")]
+    Truncated {
+        /// The short object.
+        key: String,
+        /// Where the repository lives.
+        location: String,
+        /// End of the range asked for.
+        end: u64,
+    },
     /// The storage location could not be set up (bad path, bad URL, unsupported scheme).
     #[error("cannot open storage {location}: {reason}")]
     Config {
@@ -357,8 +367,8 @@ impl Storage {
         Ok(bytes)
     }
 
-    /// Reads a byte range of an object. A range past the end yields fewer bytes, never an error,
-    /// so callers must check the length they got.
+    /// Reads a byte range of an object. A range past the end is [`StorageError::Truncated`];
+    /// callers still check the length they got, as not every backend reports it.
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         self.inner.counters.gets.fetch_add(1, Ordering::Relaxed);
         let options = opendal::options::ReadOptions {
@@ -369,7 +379,14 @@ impl Storage {
             .inner
             .op
             .read_options(key, options)
-            .map_err(|e| self.backend_error("get", key, e))?;
+            .map_err(|e| match e.kind() {
+                ErrorKind::RangeNotSatisfied => StorageError::Truncated {
+                    key: key.to_string(),
+                    location: self.inner.location.clone(),
+                    end: range.end,
+                },
+                _ => self.backend_error("get", key, e),
+            })?;
         let bytes = buf.to_bytes();
         self.inner
             .counters
