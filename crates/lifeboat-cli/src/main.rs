@@ -154,24 +154,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn storage(global: &GlobalArgs) -> Result<Storage> {
-    let location = global
+fn location(global: &GlobalArgs) -> Result<&str> {
+    global
         .repo
         .as_deref()
-        .context("no repository given: use --repo or set LIFEBOAT_REPOSITORY")?;
-    Ok(Storage::open(location)?)
+        .context("no repository given: use --repo or set LIFEBOAT_REPOSITORY")
 }
 
 fn open(global: &GlobalArgs) -> Result<Repository> {
-    let storage = storage(global)?;
-    if let Some(root) = storage.local_root()
-        && !root.exists()
-    {
-        bail!(
-            "repository {} does not exist; create it with `lifeboat init`",
-            root.display()
-        );
-    }
+    let location = location(global)?;
+    let storage = Storage::open(location).with_context(|| {
+        format!("repository {location} does not exist or cannot be opened; create one with `lifeboat init`")
+    })?;
     let password = password::obtain(global, false)?;
     Ok(Repository::open(storage, password.as_bytes())?)
 }
@@ -190,7 +184,7 @@ fn username() -> String {
 }
 
 fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
-    let storage = storage(global)?;
+    let storage = Storage::create(location(global)?)?;
     let password = password::obtain(global, true)?;
     let options = InitOptions {
         kdf: if args.insecure_kdf_for_tests {

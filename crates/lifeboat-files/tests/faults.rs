@@ -33,7 +33,7 @@ fn fixture() -> (Fixture, IndexedRepository) {
         .unwrap();
     }
     let repo_dir = dir.path().join("repo");
-    let mut repo = small_repo(Storage::local(&repo_dir).unwrap());
+    let mut repo = small_repo(Storage::local_create(&repo_dir).unwrap());
     let options = BackupOptions {
         paths: vec![source.clone()],
         hostname: "h".into(),
@@ -300,7 +300,7 @@ fn full_repository_disk_fails_cleanly() {
         fs::write(big.join(format!("random{i}")), data).unwrap();
     }
 
-    let mut repo = small_repo(Storage::local(&mount.join("repo")).unwrap());
+    let mut repo = small_repo(Storage::local_create(&mount.join("repo")).unwrap());
     let options = |p: &Path| BackupOptions {
         paths: vec![p.to_path_buf()],
         hostname: "h".into(),

@@ -58,7 +58,7 @@ proptest! {
         let source = dir.path().join("source");
         fs::create_dir(&source).unwrap();
         random_tree(&source, seed);
-        let mut repo = small_repo(Storage::local(&dir.path().join("repo")).unwrap());
+        let mut repo = small_repo(Storage::local_create(&dir.path().join("repo")).unwrap());
         let outcome = backup_of(&mut repo, &options(&source));
         let repo = reopen(&repo);
         let target = dir.path().join("target");
@@ -248,7 +248,7 @@ fn multi_gib_sparse_file_round_trip() {
         std::os::unix::fs::FileExt::write_all_at(&file, &island, offset).unwrap();
     }
     drop(file);
-    let mut repo = small_repo(Storage::local(&dir.path().join("repo")).unwrap());
+    let mut repo = small_repo(Storage::local_create(&dir.path().join("repo")).unwrap());
     let outcome = backup_of(&mut repo, &options(&source));
     let summary = outcome.snapshot.summary.clone().unwrap();
     assert_eq!(summary.bytes_read, size);

@@ -187,9 +187,18 @@ impl fmt::Debug for Storage {
 pub const LOCAL_TEMP_DIR: &str = "tmp";
 
 impl Storage {
-    /// Opens storage from a location string: a local path (the embedded default) or
+    /// Opens existing storage from a location string: a local path (the embedded default) or
     /// `memory:` (for tests; contents vanish with the process).
     pub fn open(location: &str) -> Result<Self> {
+        Self::open_inner(location, false)
+    }
+
+    /// Like [`Storage::open`], creating a local directory that does not exist yet (for `init`).
+    pub fn create(location: &str) -> Result<Self> {
+        Self::open_inner(location, true)
+    }
+
+    fn open_inner(location: &str, create: bool) -> Result<Self> {
         if location == "memory:" || location.starts_with("memory:") {
             return Self::memory();
         }
@@ -200,11 +209,26 @@ impl Storage {
                 reason: "only local paths are supported in this build".to_string(),
             });
         }
-        Self::local(Path::new(path))
+        if create {
+            Self::local_create(Path::new(path))
+        } else {
+            Self::local(Path::new(path))
+        }
     }
 
-    /// Opens (without creating) a local directory as storage.
+    /// Opens an existing local directory as storage.
     pub fn local(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(StorageError::Config {
+                location: root.display().to_string(),
+                reason: "the directory does not exist".to_string(),
+            });
+        }
+        Self::local_create(root)
+    }
+
+    /// Opens a local directory as storage, creating it if needed.
+    pub fn local_create(root: &Path) -> Result<Self> {
         let root = std::path::absolute(root).map_err(|source| StorageError::Io {
             operation: "resolve",
             path: root.to_path_buf(),
@@ -498,6 +522,11 @@ mod tests {
     #[test]
     fn local_backend_roundtrip_and_no_temp_leftovers() {
         let dir = tempfile::tempdir().unwrap();
+        assert!(Storage::local(&dir.path().join("missing")).is_err());
+        assert!(
+            !dir.path().join("missing").exists(),
+            "opening must not create"
+        );
         let storage = Storage::local(dir.path()).unwrap();
         roundtrip(&storage);
         // Temporary files are renamed into place, never left behind.
