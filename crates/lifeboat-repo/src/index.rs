@@ -289,7 +289,7 @@ mod tests {
 
     fn entry(n: u8) -> PackEntry {
         PackEntry {
-            blob_type: if n % 2 == 0 {
+            blob_type: if n.is_multiple_of(2) {
                 BlobType::Data
             } else {
                 BlobType::Tree

@@ -75,7 +75,7 @@ pub enum StorageError {
         location: String,
         /// The backend's error.
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
     /// A local filesystem operation that OpenDAL does not cover (directory sync).
     #[error("{operation} {path} failed: {source}")]
@@ -321,7 +321,7 @@ impl Storage {
                 operation,
                 key: key.to_string(),
                 location: self.inner.location.clone(),
-                source,
+                source: Box::new(source),
             },
         }
     }
