@@ -86,6 +86,48 @@ pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+const SPECIAL_BITS: u32 = 0o7000;
+
+/// Sets owner (when root), extended attributes and mode on a regular file just created for
+/// restore, through its open handle. Times are set by [`finish_file`] once the content is
+/// written. Returns the problems met; none of them is fatal.
+pub fn apply_to_new_file(file: &std::fs::File, node: &Node, as_root: bool) -> Vec<String> {
+    use xattr::FileExt as _;
+    let mut problems = Vec::new();
+    if as_root && let Err(e) = std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid)) {
+        problems.push(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
+    }
+    for attr in &node.xattrs {
+        let name = std::ffi::OsStr::from_bytes(&attr.name.0);
+        if let Err(e) = file.set_xattr(name, &attr.value.0) {
+            problems.push(format!("cannot set extended attribute {}: {e}", attr.name));
+        }
+    }
+    // Also when the umask removed bits at creation.
+    let perms = std::fs::Permissions::from_mode(node.mode & 0o7777);
+    if let Err(e) = file.set_permissions(perms) {
+        problems.push(format!("cannot set mode {:o}: {e}", node.mode & 0o7777));
+    }
+    problems
+}
+
+/// Last step for a restored regular file: its times, and set-id bits again where writing may
+/// have cleared them (the kernel clears them on writes by processes without CAP_FSETID).
+pub fn finish_file(path: &Path, node: &Node, as_root: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !as_root && node.mode & SPECIAL_BITS != 0 {
+        let perms = std::fs::Permissions::from_mode(node.mode & 0o7777);
+        if let Err(e) = std::fs::set_permissions(path, perms) {
+            problems.push(format!("cannot set mode {:o}: {e}", node.mode & 0o7777));
+        }
+    }
+    let mtime = filetime_of(node.mtime);
+    if let Err(e) = filetime::set_file_times(path, mtime, mtime) {
+        problems.push(format!("cannot set times: {e}"));
+    }
+    problems
+}
+
 fn filetime_of(t: Timespec) -> filetime::FileTime {
     filetime::FileTime::from_unix_time(t.sec, t.nsec)
 }

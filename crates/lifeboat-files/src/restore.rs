@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use lifeboat_repo::{Id, IdMap, IndexedRepository, Node, NodeKind, Snapshot};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, Warning};
-use crate::meta::{apply_metadata, running_as_root};
+use crate::meta::{apply_metadata, apply_to_new_file, finish_file, running_as_root};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -72,22 +72,33 @@ pub struct RestoreSummary {
 struct TargetFile {
     path: PathBuf,
     node: Node,
-    created: OnceLock<std::io::Result<()>>,
+    /// Set by the first writer: the problems met setting metadata, or why creation failed.
+    created: OnceLock<std::io::Result<Vec<String>>>,
     failed: Mutex<Option<String>>,
 }
 
 impl TargetFile {
-    fn ensure_created(&self) -> std::io::Result<()> {
-        match self.created.get_or_init(|| {
-            OpenOptions::new()
+    /// Opens the file for writing. The first call creates it with its final length, owner,
+    /// extended attributes and mode, on the open handle (no path lookups); later calls reopen.
+    fn open(&self, as_root: bool) -> std::io::Result<File> {
+        let mut fresh = None;
+        let created = self.created.get_or_init(|| {
+            let file = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(&self.path)
-                .map(|_| ())
-        }) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                .mode(self.node.mode & 0o777)
+                .open(&self.path)?;
+            // The final length up front: holes at the end exist without a write.
+            file.set_len(self.node.size)?;
+            let problems = apply_to_new_file(&file, &self.node, as_root);
+            fresh = Some(file);
+            Ok(problems)
+        });
+        match (created, fresh) {
+            (Err(e), _) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            (Ok(_), Some(file)) => Ok(file),
+            (Ok(_), None) => OpenOptions::new().write(true).open(&self.path),
         }
     }
 }
@@ -341,7 +352,7 @@ fn remove_existing(path: &Path) -> Result<()> {
 /// is cheaper than two requests.
 const MAX_GAP: u64 = 1 << 20;
 /// Upper bound of one range read.
-const MAX_READ: u64 = 32 << 20;
+const MAX_READ: u64 = 8 << 20;
 
 /// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so holes stay holes.
 fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
@@ -370,6 +381,7 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 
 struct Executor<'a> {
     repo: &'a IndexedRepository,
+    as_root: bool,
     files: &'a [TargetFile],
     progress: &'a RestoreProgress,
     blobs_read: AtomicU64,
@@ -466,13 +478,9 @@ impl Executor<'_> {
         self.blobs_read.fetch_add(1, Ordering::Relaxed);
         for place in &need.places {
             let target = &self.files[place.file as usize];
-            let result = target.ensure_created().and_then(|()| {
-                if data.iter().all(|&b| b == 0) {
-                    return Ok(());
-                }
-                let file = OpenOptions::new().write(true).open(&target.path)?;
-                write_sparse(&file, &data, place.offset)
-            });
+            let result = target
+                .open(self.as_root)
+                .and_then(|file| write_sparse(&file, &data, place.offset));
             match result {
                 Ok(()) => {
                     self.progress
@@ -531,8 +539,10 @@ pub fn restore(
     let mut plan = planner.finish();
     progress.bytes_total.store(plan.bytes, Ordering::Relaxed);
 
+    let as_root = running_as_root();
     let executor = Executor {
         repo,
+        as_root,
         files: &plan.files,
         progress,
         blobs_read: AtomicU64::new(0),
@@ -558,21 +568,14 @@ pub fn restore(
         }
     });
 
-    let as_root = running_as_root();
     let mut summary = RestoreSummary {
         blobs_read: executor.blobs_read.load(Ordering::Relaxed),
         warnings: std::mem::take(&mut plan.warnings),
         ..Default::default()
     };
     for file in &plan.files {
-        let outcome = file.ensure_created().and_then(|()| {
-            // Sets the length of files that end in a hole (or are all holes).
-            OpenOptions::new()
-                .write(true)
-                .open(&file.path)?
-                .set_len(file.node.size)
-        });
-        if let Err(e) = outcome {
+        // Files of holes only (and empty files) had no write to create them.
+        if let Err(e) = file.open(as_root) {
             file.failed
                 .lock()
                 .get_or_insert_with(|| format!("cannot create: {e}"));
@@ -586,7 +589,16 @@ pub fn restore(
         }
         summary.files += 1;
         summary.bytes += file.node.size;
-        for problem in apply_metadata(&file.path, &file.node, as_root) {
+        let problems = file
+            .created
+            .get()
+            .and_then(|c| c.as_ref().ok())
+            .cloned()
+            .unwrap_or_default();
+        for problem in problems
+            .into_iter()
+            .chain(finish_file(&file.path, &file.node, as_root))
+        {
             summary.warnings.push(Warning {
                 path: file.path.clone(),
                 message: problem,
