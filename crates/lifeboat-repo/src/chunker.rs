@@ -23,12 +23,12 @@ pub struct ChunkerParams {
 }
 
 impl Default for ChunkerParams {
-    /// 512 KiB / 1 MiB / 8 MiB; `docs/format.md` gives the measurements behind the choice.
+    /// 256 KiB / 512 KiB / 2 MiB; `docs/format.md` gives the measurements behind the choice.
     fn default() -> Self {
         ChunkerParams {
-            min_size: 512 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 8 * 1024 * 1024,
+            min_size: 256 * 1024,
+            avg_size: 512 * 1024,
+            max_size: 2 * 1024 * 1024,
         }
     }
 }
