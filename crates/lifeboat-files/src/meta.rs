@@ -86,15 +86,46 @@ pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// What a restore needs to know about its own process to skip needless system calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Host {
+    /// Running as root: owners are restored, set-id bits survive writes.
+    pub root: bool,
+    uid: u32,
+    gid: u32,
+    umask: u32,
+}
+
+impl Host {
+    /// The current process.
+    pub fn current() -> Host {
+        // umask can only be read by setting it; put it straight back.
+        let umask = rustix::process::umask(rustix::fs::Mode::empty());
+        rustix::process::umask(umask);
+        Host {
+            root: running_as_root(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            umask: umask.bits(),
+        }
+    }
+}
+
 const SPECIAL_BITS: u32 = 0o7000;
 
 /// Sets owner (when root), extended attributes and mode on a regular file just created for
 /// restore, through its open handle. Times are set by [`finish_file`] once the content is
 /// written. Returns the problems met; none of them is fatal.
-pub fn apply_to_new_file(file: &std::fs::File, node: &Node, as_root: bool) -> Vec<String> {
+pub fn apply_to_new_file(file: &std::fs::File, node: &Node, host: &Host) -> Vec<String> {
     use xattr::FileExt as _;
     let mut problems = Vec::new();
-    if as_root && let Err(e) = std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid)) {
+    // New files belong to the process (restore creates directories without set-gid bits, which
+    // come with the directories' metadata at the end), so equal ids need no chown.
+    let owner_differs = (node.uid, node.gid) != (host.uid, host.gid);
+    if host.root
+        && owner_differs
+        && let Err(e) = std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid))
+    {
         problems.push(format!("cannot set owner {}:{}: {e}", node.uid, node.gid));
     }
     for attr in &node.xattrs {
@@ -103,10 +134,41 @@ pub fn apply_to_new_file(file: &std::fs::File, node: &Node, as_root: bool) -> Ve
             problems.push(format!("cannot set extended attribute {}: {e}", attr.name));
         }
     }
-    // Also when the umask removed bits at creation.
-    let perms = std::fs::Permissions::from_mode(node.mode & 0o7777);
-    if let Err(e) = file.set_permissions(perms) {
-        problems.push(format!("cannot set mode {:o}: {e}", node.mode & 0o7777));
+    // The file was created with its permission bits; set them again if the umask removed
+    // some, or to add set-id and sticky bits (chown would have cleared them).
+    if node.mode & (SPECIAL_BITS | host.umask) != 0 {
+        let perms = std::fs::Permissions::from_mode(node.mode & 0o7777);
+        if let Err(e) = file.set_permissions(perms) {
+            problems.push(format!("cannot set mode {:o}: {e}", node.mode & 0o7777));
+        }
+    }
+    problems
+}
+
+fn system_time(t: Timespec) -> std::time::SystemTime {
+    let nanos = std::time::Duration::from_nanos(u64::from(t.nsec));
+    if t.sec >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.sec as u64) + nanos
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(t.sec.unsigned_abs()) + nanos
+    }
+}
+
+/// [`finish_file`] through an open handle, once all content is written.
+pub fn finish_open_file(file: &std::fs::File, node: &Node, host: &Host) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !host.root && node.mode & SPECIAL_BITS != 0 {
+        let perms = std::fs::Permissions::from_mode(node.mode & 0o7777);
+        if let Err(e) = file.set_permissions(perms) {
+            problems.push(format!("cannot set mode {:o}: {e}", node.mode & 0o7777));
+        }
+    }
+    let mtime = system_time(node.mtime);
+    let times = std::fs::FileTimes::new()
+        .set_modified(mtime)
+        .set_accessed(mtime);
+    if let Err(e) = file.set_times(times) {
+        problems.push(format!("cannot set times: {e}"));
     }
     problems
 }

@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use lifeboat_repo::pack::decode_blob;
@@ -24,7 +24,7 @@ use lifeboat_repo::{Id, IdMap, IndexedRepository, Node, NodeKind, Snapshot};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, Warning};
-use crate::meta::{apply_metadata, apply_to_new_file, finish_file, running_as_root};
+use crate::meta::{Host, apply_metadata, apply_to_new_file, finish_file, finish_open_file};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -75,12 +75,18 @@ struct TargetFile {
     /// Set by the first writer: the problems met setting metadata, or why creation failed.
     created: OnceLock<std::io::Result<Vec<String>>>,
     failed: Mutex<Option<String>>,
+    /// Blob writes still to come; the writer that brings it to zero finishes the file.
+    remaining: AtomicU32,
+    /// Times (and late mode bits) are set.
+    finished: AtomicBool,
+    /// Metadata problems met when finishing through the handle.
+    notes: Mutex<Vec<String>>,
 }
 
 impl TargetFile {
     /// Opens the file for writing. The first call creates it with its final length, owner,
     /// extended attributes and mode, on the open handle (no path lookups); later calls reopen.
-    fn open(&self, as_root: bool) -> std::io::Result<File> {
+    fn open(&self, host: &Host) -> std::io::Result<File> {
         let mut fresh = None;
         let created = self.created.get_or_init(|| {
             let file = OpenOptions::new()
@@ -91,7 +97,7 @@ impl TargetFile {
                 .open(&self.path)?;
             // The final length up front: holes at the end exist without a write.
             file.set_len(self.node.size)?;
-            let problems = apply_to_new_file(&file, &self.node, as_root);
+            let problems = apply_to_new_file(&file, &self.node, host);
             fresh = Some(file);
             Ok(problems)
         });
@@ -310,11 +316,19 @@ impl Planner<'_> {
         if offset != u64::MAX {
             self.plan.bytes += offset;
         }
+        let blobs = if offset == u64::MAX {
+            u32::MAX
+        } else {
+            node.content.len() as u32
+        };
         self.plan.files.push(TargetFile {
             path,
             node,
             created: OnceLock::new(),
             failed: Mutex::new(None),
+            remaining: AtomicU32::new(blobs),
+            finished: AtomicBool::new(false),
+            notes: Mutex::new(Vec::new()),
         });
         Ok(())
     }
@@ -381,7 +395,7 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 
 struct Executor<'a> {
     repo: &'a IndexedRepository,
-    as_root: bool,
+    host: &'a Host,
     files: &'a [TargetFile],
     progress: &'a RestoreProgress,
     blobs_read: AtomicU64,
@@ -478,9 +492,16 @@ impl Executor<'_> {
         self.blobs_read.fetch_add(1, Ordering::Relaxed);
         for place in &need.places {
             let target = &self.files[place.file as usize];
-            let result = target
-                .open(self.as_root)
-                .and_then(|file| write_sparse(&file, &data, place.offset));
+            let result = target.open(self.host).and_then(|file| {
+                write_sparse(&file, &data, place.offset)?;
+                if target.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // The last write: finish through the handle we hold, saving path lookups.
+                    let problems = finish_open_file(&file, &target.node, self.host);
+                    target.notes.lock().extend(problems);
+                    target.finished.store(true, Ordering::Release);
+                }
+                Ok(())
+            });
             match result {
                 Ok(()) => {
                     self.progress
@@ -539,10 +560,11 @@ pub fn restore(
     let mut plan = planner.finish();
     progress.bytes_total.store(plan.bytes, Ordering::Relaxed);
 
-    let as_root = running_as_root();
+    let host = Host::current();
+    let as_root = host.root;
     let executor = Executor {
         repo,
-        as_root,
+        host: &host,
         files: &plan.files,
         progress,
         blobs_read: AtomicU64::new(0),
@@ -575,7 +597,7 @@ pub fn restore(
     };
     for file in &plan.files {
         // Files of holes only (and empty files) had no write to create them.
-        if let Err(e) = file.open(as_root) {
+        if let Err(e) = file.open(&host) {
             file.failed
                 .lock()
                 .get_or_insert_with(|| format!("cannot create: {e}"));
