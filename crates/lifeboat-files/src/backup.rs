@@ -16,6 +16,7 @@
 //! A file is unchanged, and not read, when the parent snapshot has a file of the same name with
 //! the same size, mtime, ctime and inode whose blobs are all in the index.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -174,6 +175,9 @@ impl Excludes {
     }
 }
 
+/// Events per batch from the walker to the builder.
+const EVENT_BATCH: usize = 256;
+
 /// A file the readers must read.
 struct FileJob {
     path: PathBuf,
@@ -209,7 +213,9 @@ struct Walker<'a> {
     repo: &'a IndexedRepository,
     excludes: Excludes,
     force: bool,
-    events: Sender<Event>,
+    events: Sender<Vec<Event>>,
+    /// Events not sent yet: sending them in batches saves a thread wake-up per entry.
+    batch: RefCell<Vec<Event>>,
     jobs: Sender<FileJob>,
     warnings: &'a Mutex<Vec<Warning>>,
     progress: &'a BackupProgress,
@@ -294,9 +300,9 @@ impl Walker<'_> {
         match node.kind {
             NodeKind::Dir => {
                 let sub_parent = self.parent_subtree(parent, name);
-                self.events.send(Event::EnterDir(node)).is_ok()
+                self.emit(Event::EnterDir(node))
                     && self.walk(path, selection, sub_parent.as_ref())
-                    && self.events.send(Event::LeaveDir).is_ok()
+                    && self.emit(Event::LeaveDir)
             }
             NodeKind::File => {
                 let previous = parent.and_then(|t| t.find(name));
@@ -307,20 +313,16 @@ impl Walker<'_> {
                 };
                 if let (FileState::Unchanged, Some(old)) = (state, previous) {
                     node.content = old.content.clone();
-                    return self
-                        .events
-                        .send(Event::File(node, state, None, path.to_path_buf()))
-                        .is_ok();
+                    return self.emit(Event::File(node, state, None, path.to_path_buf()));
                 }
                 let (tx, rx) = bounded(1);
                 let job = FileJob {
                     path: path.to_path_buf(),
                     result: tx,
                 };
-                // Event first: the builder must be able to wait on it while the job queues.
-                self.events
-                    .send(Event::File(node, state, Some(rx), path.to_path_buf()))
-                    .is_ok()
+                // Readers never wait for the builder, so the event may sit in the batch while
+                // the job runs.
+                self.emit(Event::File(node, state, Some(rx), path.to_path_buf()))
                     && self.jobs.send(job).is_ok()
             }
             NodeKind::Symlink => {
@@ -333,10 +335,27 @@ impl Walker<'_> {
                         return true;
                     }
                 }
-                self.events.send(Event::Leaf(node)).is_ok()
+                self.emit(Event::Leaf(node))
             }
-            _ => self.events.send(Event::Leaf(node)).is_ok(),
+            _ => self.emit(Event::Leaf(node)),
         }
+    }
+
+    /// Queues an event; returns false once the builder has gone away.
+    fn emit(&self, event: Event) -> bool {
+        let mut batch = self.batch.borrow_mut();
+        batch.push(event);
+        if batch.len() < EVENT_BATCH {
+            return true;
+        }
+        let full = std::mem::replace(&mut *batch, Vec::with_capacity(EVENT_BATCH));
+        self.events.send(full).is_ok()
+    }
+
+    /// Sends the events still queued.
+    fn flush(&self) -> bool {
+        let rest = std::mem::take(&mut *self.batch.borrow_mut());
+        rest.is_empty() || self.events.send(rest).is_ok()
     }
 
     fn unchanged(&self, old: &Node, new: &Node) -> bool {
@@ -408,12 +427,12 @@ impl Builder<'_> {
         Ok(id)
     }
 
-    fn run(&mut self, events: Receiver<Event>) -> Result<Id> {
+    fn run(&mut self, batches: Receiver<Vec<Event>>) -> Result<Id> {
         let mut stack = vec![Frame {
             node: None,
             children: Vec::new(),
         }];
-        for event in events {
+        for event in batches.into_iter().flatten() {
             match event {
                 Event::EnterDir(node) => stack.push(Frame {
                     node: Some(node),
@@ -537,7 +556,7 @@ pub fn backup(
         options.readers
     };
 
-    let (event_tx, event_rx) = bounded::<Event>(4096);
+    let (event_tx, event_rx) = bounded::<Vec<Event>>(16);
     let (job_tx, job_rx) = bounded::<FileJob>(64);
     let root = std::thread::scope(|scope| {
         for n in 0..readers {
@@ -553,6 +572,7 @@ pub fn backup(
             excludes,
             force: options.force,
             events: event_tx,
+            batch: RefCell::new(Vec::with_capacity(EVENT_BATCH)),
             jobs: job_tx,
             warnings: &warnings,
             progress,
@@ -561,7 +581,9 @@ pub fn backup(
         std::thread::Builder::new()
             .name("lifeboat-walk".into())
             .spawn_scoped(scope, move || {
-                walker.walk(Path::new("/"), &selection, parent_tree);
+                if walker.walk(Path::new("/"), &selection, parent_tree) {
+                    walker.flush();
+                }
             })
             .expect("spawn walker");
         let mut builder = Builder {

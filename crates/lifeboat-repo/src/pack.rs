@@ -91,6 +91,23 @@ pub(crate) fn blob_aad(blob_type: BlobType, id: &Id) -> [u8; 33] {
     aad
 }
 
+thread_local! {
+    /// One zstd context per thread: creating a context per blob costs more than decompressing
+    /// a small blob.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut().expect("just set").decompress(data, capacity)
+    })
+}
+
 /// Decrypts, decompresses and verifies one sealed blob.
 pub fn decode_blob(
     key: &MasterKey,
@@ -110,7 +127,7 @@ pub fn decode_blob(
         .map_err(|_| Error::corrupt(what))?;
     let raw = match entry.compression {
         Compression::None => plain,
-        Compression::Zstd => zstd::bulk::decompress(&plain, entry.raw_len as usize)
+        Compression::Zstd => decompress(&plain, entry.raw_len as usize)
             .map_err(|e| Error::malformed(what, format!("zstd: {e}")))?,
     };
     if raw.len() != entry.raw_len as usize {

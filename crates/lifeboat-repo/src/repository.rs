@@ -335,6 +335,7 @@ impl Repository {
         Ok(IndexedRepository {
             repo: self,
             index: Arc::new(index),
+            tree_packs: Arc::default(),
         })
     }
 
@@ -364,7 +365,20 @@ impl Repository {
 pub struct IndexedRepository {
     repo: Repository,
     index: Arc<Index>,
+    tree_packs: Arc<TreePackCache>,
 }
+
+/// Whole tree packs kept in memory: walking a snapshot reads one tree per directory, and one
+/// request per pack instead of one per tree matters on local disks and much more on object
+/// storage. Bounded; when full, further packs are read blob by blob.
+#[derive(Default)]
+struct TreePackCache {
+    packs: parking_lot::Mutex<std::collections::HashMap<u32, Bytes>>,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// Memory the tree-pack cache may use.
+const TREE_CACHE_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for IndexedRepository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -391,10 +405,28 @@ impl IndexedRepository {
     /// Adds packs written since the index was loaded (from [`crate::WriterStats::packs`]).
     pub fn add_packs(&mut self, packs: Vec<crate::index::PackRecord>) {
         // Cheap when no writer still holds the index; a copy otherwise.
+        // Packs are only appended, so positions (the cache's keys) stay valid.
         let index = Arc::make_mut(&mut self.index);
         for pack in packs {
             index.add_pack(pack);
         }
+    }
+
+    /// A whole tree pack from the cache, fetched on first use; `None` if the cache is full.
+    fn cached_tree_pack(&self, pack: u32, key: &str) -> Result<Option<Bytes>> {
+        use std::sync::atomic::Ordering;
+        if let Some(bytes) = self.tree_packs.packs.lock().get(&pack) {
+            return Ok(Some(bytes.clone()));
+        }
+        if self.tree_packs.bytes.load(Ordering::Relaxed) >= TREE_CACHE_BYTES {
+            return Ok(None);
+        }
+        let bytes = self.storage().get(key)?;
+        self.tree_packs
+            .bytes
+            .fetch_add(bytes.len(), Ordering::Relaxed);
+        self.tree_packs.packs.lock().insert(pack, bytes.clone());
+        Ok(Some(bytes))
     }
 
     /// Reads, authenticates, decompresses and verifies one blob.
@@ -403,9 +435,18 @@ impl IndexedRepository {
         let pack = self.index.pack(location);
         let key = pack_key(&pack.id);
         let start = u64::from(location.offset);
-        let sealed = self
-            .storage()
-            .get_range(&key, start..start + u64::from(location.stored_len))?;
+        let end = start + u64::from(location.stored_len);
+        let cached = match location.blob_type {
+            BlobType::Tree => self.cached_tree_pack(location.pack, &key)?,
+            BlobType::Data => None,
+        };
+        let sealed = match cached {
+            Some(pack_bytes) => pack_bytes.slice(
+                start.min(pack_bytes.len() as u64) as usize
+                    ..end.min(pack_bytes.len() as u64) as usize,
+            ),
+            None => self.storage().get_range(&key, start..end)?,
+        };
         let what = format!("blob {id} in pack {key}");
         if sealed.len() != location.stored_len as usize {
             return Err(Error::corrupt(format!("{what} (pack truncated)")));
