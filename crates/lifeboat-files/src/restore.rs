@@ -173,6 +173,7 @@ impl Includes {
 
 struct Planner<'a> {
     repo: &'a IndexedRepository,
+    overwrite: bool,
     target: &'a Path,
     includes: Includes,
     plan: Plan,
@@ -239,7 +240,11 @@ impl Planner<'_> {
             if !selected {
                 continue;
             }
-            self.ensure_dir(target_dir)?;
+            // An included directory was created by the caller, and once `any` is set the
+            // directory exists too: one check per directory, not per file.
+            if !any && !included {
+                self.ensure_dir(target_dir)?;
+            }
             any = true;
             self.leaf(node, target_path)?;
         }
@@ -247,7 +252,10 @@ impl Planner<'_> {
     }
 
     fn leaf(&mut self, node: Node, path: PathBuf) -> Result<()> {
-        remove_existing(&path)?;
+        // Without --overwrite the target was empty, so there is nothing in the way.
+        if self.overwrite {
+            remove_existing(&path)?;
+        }
         match node.kind {
             NodeKind::File => self.file(node, path),
             NodeKind::Symlink => {
@@ -366,7 +374,7 @@ fn remove_existing(path: &Path) -> Result<()> {
 /// is cheaper than two requests.
 const MAX_GAP: u64 = 1 << 20;
 /// Upper bound of one range read.
-const MAX_READ: u64 = 8 << 20;
+const MAX_READ: u64 = 4 << 20;
 
 /// Writes `data` at `offset`, skipping 4 KiB blocks of zeros so holes stay holes.
 fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
@@ -541,6 +549,7 @@ pub fn restore(
     std::fs::create_dir_all(target).map_err(|e| Error::io("create restore target", target, e))?;
     let mut planner = Planner {
         repo,
+        overwrite: options.overwrite,
         target,
         includes: Includes::new(&options.include)?,
         plan: Plan {
@@ -597,34 +606,25 @@ pub fn restore(
     };
     for file in &plan.files {
         // Files of holes only (and empty files) had no write to create them.
-        if let Err(e) = file.open(&host) {
+        if file.created.get().is_none()
+            && let Err(e) = file.open(&host)
+        {
             file.failed
                 .lock()
                 .get_or_insert_with(|| format!("cannot create: {e}"));
         }
         if let Some(message) = file.failed.lock().take() {
-            summary.warnings.push(Warning {
-                path: file.path.clone(),
-                message,
-            });
+            summary.note(&file.path, [message]);
             continue;
         }
         summary.files += 1;
         summary.bytes += file.node.size;
-        let problems = file
-            .created
-            .get()
-            .and_then(|c| c.as_ref().ok())
-            .cloned()
-            .unwrap_or_default();
-        for problem in problems
-            .into_iter()
-            .chain(finish_file(&file.path, &file.node, as_root))
-        {
-            summary.warnings.push(Warning {
-                path: file.path.clone(),
-                message: problem,
-            });
+        let created = file.created.get().and_then(|c| c.as_ref().ok());
+        summary.note(&file.path, created.into_iter().flatten().cloned());
+        if file.finished.load(Ordering::Acquire) {
+            summary.note(&file.path, std::mem::take(&mut *file.notes.lock()));
+        } else {
+            summary.note(&file.path, finish_file(&file.path, &file.node, as_root));
         }
     }
     for (path, first) in &plan.hardlinks {
@@ -639,23 +639,23 @@ pub fn restore(
     }
     for (path, node) in &plan.others {
         summary.others += 1;
-        for problem in apply_metadata(path, node, as_root) {
-            summary.warnings.push(Warning {
-                path: path.clone(),
-                message: problem,
-            });
-        }
+        summary.note(path, apply_metadata(path, node, as_root));
     }
     // `dirs` is in post-order (children before parents), so a directory's times are set after
     // everything inside it is finished.
     for (path, node) in &plan.dirs {
         summary.dirs += 1;
-        for problem in apply_metadata(path, node, as_root) {
-            summary.warnings.push(Warning {
-                path: path.clone(),
-                message: problem,
-            });
-        }
+        summary.note(path, apply_metadata(path, node, as_root));
     }
     Ok(summary)
+}
+
+impl RestoreSummary {
+    fn note(&mut self, path: &Path, problems: impl IntoIterator<Item = String>) {
+        self.warnings
+            .extend(problems.into_iter().map(|message| Warning {
+                path: path.to_path_buf(),
+                message,
+            }));
+    }
 }

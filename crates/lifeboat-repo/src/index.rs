@@ -20,13 +20,12 @@
 
 use crate::crypto::SALT_LEN;
 use crate::id::IdMap;
-use crate::pack::{BlobType, Compression, PackEntry};
+use crate::pack::{BlobType, Compression, ENTRY_LEN, PackEntry};
 use crate::{Error, Id, Result};
 
 /// How many packs one index object covers before a backup writes it out.
 pub const INDEX_PACKS_PER_OBJECT: usize = 32;
 const INDEX_VERSION: u8 = 1;
-const ENTRY_LEN: usize = 46;
 
 /// One pack's record in an index object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,15 +45,6 @@ pub struct IndexFile {
     pub supersedes: Vec<Id>,
     /// Packs described.
     pub packs: Vec<PackRecord>,
-}
-
-fn put_entry(out: &mut Vec<u8>, e: &PackEntry) {
-    out.push(e.blob_type as u8);
-    out.push(e.compression as u8);
-    out.extend_from_slice(&e.id.0);
-    out.extend_from_slice(&e.offset.to_le_bytes());
-    out.extend_from_slice(&e.stored_len.to_le_bytes());
-    out.extend_from_slice(&e.raw_len.to_le_bytes());
 }
 
 struct Cursor<'a> {
@@ -105,7 +95,7 @@ impl IndexFile {
             out.extend_from_slice(&pack.salt);
             out.extend_from_slice(&(pack.entries.len() as u32).to_le_bytes());
             for e in &pack.entries {
-                put_entry(&mut out, e);
+                e.encode(&mut out);
             }
         }
         out
@@ -132,26 +122,7 @@ impl IndexFile {
             let m = c.count(ENTRY_LEN)?;
             let mut entries = Vec::with_capacity(m);
             for _ in 0..m {
-                let raw = c.take(ENTRY_LEN)?;
-                let u32_at = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().expect("4"));
-                entries.push(PackEntry {
-                    blob_type: match raw[0] {
-                        0 => BlobType::Data,
-                        1 => BlobType::Tree,
-                        t => return Err(Error::malformed(what, format!("unknown blob type {t}"))),
-                    },
-                    compression: match raw[1] {
-                        0 => Compression::None,
-                        1 => Compression::Zstd,
-                        t => {
-                            return Err(Error::malformed(what, format!("unknown compression {t}")));
-                        }
-                    },
-                    id: Id(raw[2..34].try_into().expect("32")),
-                    offset: u32_at(34),
-                    stored_len: u32_at(38),
-                    raw_len: u32_at(42),
-                });
+                entries.push(PackEntry::decode(c.take(ENTRY_LEN)?, what)?);
             }
             packs.push(PackRecord { id, salt, entries });
         }

@@ -23,7 +23,6 @@ pub const TRAILER_LEN: usize = 48;
 const MAGIC: &[u8; 8] = b"LIFEBOAT";
 /// Pack format version.
 pub const PACK_VERSION: u8 = 1;
-const ENTRY_LEN: usize = 46;
 const KEY_MODE_DERIVED: u8 = 0;
 
 /// What a blob holds.
@@ -81,6 +80,40 @@ pub struct PackEntry {
     pub stored_len: u32,
     /// Length of the plaintext after decompression.
     pub raw_len: u32,
+}
+
+/// Length of an encoded [`PackEntry`], in pack headers and index objects alike.
+pub const ENTRY_LEN: usize = 46;
+
+impl PackEntry {
+    /// Appends the 46-byte encoding:
+    /// `type u8 | compression u8 | id[32] | offset u32 | stored_len u32 | raw_len u32`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.blob_type as u8);
+        out.push(self.compression as u8);
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+    }
+
+    /// Decodes [`ENTRY_LEN`] bytes; `what` names the containing object in errors.
+    pub fn decode(raw: &[u8], what: &str) -> Result<PackEntry> {
+        let raw: &[u8; ENTRY_LEN] = raw
+            .try_into()
+            .map_err(|_| Error::malformed(what, "truncated blob entry"))?;
+        let u32_at = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().expect("4 bytes"));
+        Ok(PackEntry {
+            blob_type: BlobType::from_u8(raw[0])
+                .ok_or_else(|| Error::malformed(what, format!("unknown blob type {}", raw[0])))?,
+            compression: Compression::from_u8(raw[1])
+                .ok_or_else(|| Error::malformed(what, format!("unknown compression {}", raw[1])))?,
+            id: Id(raw[2..34].try_into().expect("32 bytes")),
+            offset: u32_at(34),
+            stored_len: u32_at(38),
+            raw_len: u32_at(42),
+        })
+    }
 }
 
 /// Associated data of a sealed blob: its type and id.
@@ -218,12 +251,7 @@ impl PackWriter {
         header.push(PACK_VERSION);
         header.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
-            header.push(e.blob_type as u8);
-            header.push(e.compression as u8);
-            header.extend_from_slice(&e.id.0);
-            header.extend_from_slice(&e.offset.to_le_bytes());
-            header.extend_from_slice(&e.stored_len.to_le_bytes());
-            header.extend_from_slice(&e.raw_len.to_le_bytes());
+            e.encode(&mut header);
         }
         let sealed =
             key.object_cipher(&self.salt)
@@ -327,17 +355,7 @@ pub fn parse_header(
     let blob_area = pack_len.saturating_sub(TRAILER_LEN as u64 + u64::from(trailer.header_len));
     let mut entries = Vec::with_capacity(count);
     for raw in header[5..].chunks_exact(ENTRY_LEN) {
-        let u32_at = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().expect("u32"));
-        let entry = PackEntry {
-            blob_type: BlobType::from_u8(raw[0])
-                .ok_or_else(|| Error::malformed(what, "unknown blob type"))?,
-            compression: Compression::from_u8(raw[1])
-                .ok_or_else(|| Error::malformed(what, "unknown compression"))?,
-            id: Id(raw[2..34].try_into().expect("id")),
-            offset: u32_at(34),
-            stored_len: u32_at(38),
-            raw_len: u32_at(42),
-        };
+        let entry = PackEntry::decode(raw, what)?;
         if u64::from(entry.offset) + u64::from(entry.stored_len) > blob_area
             || (entry.stored_len as usize) < TAG_LEN
         {
