@@ -378,7 +378,12 @@ fn parse_id(id: Option<&String>) -> Result<Id> {
 fn cat(global: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
     let repo = open(global)?;
     let value: serde_json::Value = match args.kind.as_str() {
-        "config" => serde_json::to_value(repo.config())?,
+        "config" => {
+            let mut config = serde_json::to_value(repo.config())?;
+            // The blob-id key would let a reader of this output confirm guesses about content.
+            config["content_keys"] = serde_json::json!("<redacted>");
+            config
+        }
         "keys" => serde_json::to_value(repo.list_ids(KEYS_PREFIX)?)?,
         "key" => {
             let id = parse_id(args.id.as_ref())?;

@@ -30,10 +30,8 @@ pub const TAG_LEN: usize = 16;
 /// Size of per-object salts.
 pub const SALT_LEN: usize = 32;
 
-const CONTEXT_ID: &str = "lifeboat 2026-11 blob id key";
 const CONTEXT_OBJECT: &str = "lifeboat 2026-11 object encryption root key";
 const CONTEXT_OBJECT_KEY: &str = "lifeboat 2026-11 per-object key";
-const CONTEXT_CHUNKER: &str = "lifeboat 2026-11 chunker seed";
 
 /// Nonce domains keep different uses of one object key apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +47,92 @@ pub enum NonceDomain {
     KeyFile = 3,
 }
 
-/// The repository's master secret and the keys derived from it.
+/// The root of the per-object encryption keys, derived from the master secret.
+pub struct ObjectKeys {
+    object_key: Zeroizing<[u8; 32]>,
+}
+
+impl ObjectKeys {
+    /// Derives the object root key from the master secret.
+    pub fn from_secret(secret: &[u8; 64]) -> ObjectKeys {
+        ObjectKeys {
+            object_key: Zeroizing::new(blake3::derive_key(CONTEXT_OBJECT, secret)),
+        }
+    }
+
+    /// The cipher of one object, from its salt.
+    pub fn cipher(&self, salt: &[u8; SALT_LEN]) -> ObjectCipher {
+        let mut material = Zeroizing::new([0u8; 32 + SALT_LEN]);
+        material[..32].copy_from_slice(&self.object_key[..]);
+        material[32..].copy_from_slice(salt);
+        let mut key = blake3::derive_key(CONTEXT_OBJECT_KEY, &material[..]);
+        let cipher = Aes256Gcm::new(&key.into());
+        key.zeroize();
+        ObjectCipher { cipher }
+    }
+}
+
+/// The keys that decide how content is cut and named: the blob-id key and the chunker seed.
+///
+/// They are random per repository and kept in its (encrypted) config rather than derived from
+/// the master secret, so that a second repository can be created with the same ones: blob ids
+/// then agree, and copying between the two moves only missing blobs, while each repository
+/// keeps its own encryption keys. A write-only client will need these but not the secret.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContentKeys {
+    #[serde(with = "base64_key")]
+    id_key: Zeroizing<[u8; 32]>,
+    chunker_seed: u64,
+}
+
+impl std::fmt::Debug for ContentKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentKeys(..)")
+    }
+}
+
+impl ContentKeys {
+    /// Fresh random keys.
+    pub fn generate() -> ContentKeys {
+        let mut id_key = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(&mut id_key[..]);
+        ContentKeys {
+            id_key,
+            chunker_seed: rand::rng().next_u64(),
+        }
+    }
+}
+
+mod base64_key {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(key: &Zeroizing<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(&key[..]))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<[u8; 32]>, D::Error> {
+        let text = Zeroizing::new(String::deserialize(d)?);
+        let bytes = Zeroizing::new(
+            B64.decode(text.as_bytes())
+                .map_err(serde::de::Error::custom)?,
+        );
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a content key has 32 bytes"))?;
+        Ok(Zeroizing::new(key))
+    }
+}
+
+/// All keys of an opened repository: the master secret, the object keys derived from it, and
+/// the content keys from the config.
 pub struct MasterKey {
     secret: Zeroizing<[u8; 64]>,
-    id_key: Zeroizing<[u8; 32]>,
-    object_key: Zeroizing<[u8; 32]>,
-    chunker_seed: u64,
+    objects: ObjectKeys,
+    content: ContentKeys,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -63,22 +141,25 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+/// A fresh random 64-byte master secret.
+pub fn generate_secret() -> Zeroizing<[u8; 64]> {
+    let mut secret = Zeroizing::new([0u8; 64]);
+    rand::rng().fill_bytes(&mut secret[..]);
+    secret
+}
+
 impl MasterKey {
-    /// A fresh random master key.
+    /// Fresh random keys (a new repository).
     pub fn generate() -> MasterKey {
-        let mut secret = Zeroizing::new([0u8; 64]);
-        rand::rng().fill_bytes(&mut secret[..]);
-        Self::from_secret(&secret)
+        Self::new(&generate_secret(), ContentKeys::generate())
     }
 
-    /// Rebuilds the derived keys from a master secret.
-    pub fn from_secret(secret: &[u8; 64]) -> MasterKey {
-        let chunker = blake3::derive_key(CONTEXT_CHUNKER, secret);
+    /// Keys from a master secret and the repository's content keys.
+    pub fn new(secret: &[u8; 64], content: ContentKeys) -> MasterKey {
         MasterKey {
             secret: Zeroizing::new(*secret),
-            id_key: Zeroizing::new(blake3::derive_key(CONTEXT_ID, secret)),
-            object_key: Zeroizing::new(blake3::derive_key(CONTEXT_OBJECT, secret)),
-            chunker_seed: u64::from_le_bytes(chunker[..8].try_into().expect("8 bytes")),
+            objects: ObjectKeys::from_secret(secret),
+            content,
         }
     }
 
@@ -87,25 +168,29 @@ impl MasterKey {
         &self.secret
     }
 
+    /// The object keys.
+    pub fn objects(&self) -> &ObjectKeys {
+        &self.objects
+    }
+
+    /// The content keys.
+    pub fn content(&self) -> &ContentKeys {
+        &self.content
+    }
+
     /// The id of a blob: keyed BLAKE3 of its plaintext.
     pub fn blob_id(&self, data: &[u8]) -> Id {
-        Id(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+        Id(*blake3::keyed_hash(&self.content.id_key, data).as_bytes())
     }
 
     /// The secret seed of the content-defined chunker.
     pub fn chunker_seed(&self) -> u64 {
-        self.chunker_seed
+        self.content.chunker_seed
     }
 
     /// The cipher of one object, from its salt.
     pub fn object_cipher(&self, salt: &[u8; SALT_LEN]) -> ObjectCipher {
-        let mut material = Zeroizing::new([0u8; 32 + SALT_LEN]);
-        material[..32].copy_from_slice(&self.object_key[..]);
-        material[32..].copy_from_slice(salt);
-        let mut key = blake3::derive_key(CONTEXT_OBJECT_KEY, &material[..]);
-        let cipher = Aes256Gcm::new(&key.into());
-        key.zeroize();
-        ObjectCipher { cipher }
+        self.objects.cipher(salt)
     }
 }
 
@@ -241,14 +326,31 @@ mod tests {
     }
 
     #[test]
-    fn derived_values_depend_on_secret_only() {
+    fn ids_follow_content_keys_and_encryption_follows_the_secret() {
         let key = MasterKey::generate();
-        let again = MasterKey::from_secret(key.secret());
-        assert_eq!(key.blob_id(b"x"), again.blob_id(b"x"));
-        assert_eq!(key.chunker_seed(), again.chunker_seed());
+        // Same content keys, another secret: same ids and chunking, other encryption.
+        let sibling = MasterKey::new(&generate_secret(), key.content().clone());
+        assert_eq!(key.blob_id(b"x"), sibling.blob_id(b"x"));
+        assert_eq!(key.chunker_seed(), sibling.chunker_seed());
+        let salt = random_salt();
+        let sealed = key
+            .object_cipher(&salt)
+            .seal(NonceDomain::Object, 0, b"", b"data");
+        assert!(
+            sibling
+                .object_cipher(&salt)
+                .open(NonceDomain::Object, 0, b"", &sealed)
+                .is_err()
+        );
         let other = MasterKey::generate();
         assert_ne!(key.blob_id(b"x"), other.blob_id(b"x"));
         // Blob ids are keyed: they are not the plain hash of the content.
         assert_ne!(key.blob_id(b"x"), Id::of_stored_bytes(b"x"));
+        // Content keys survive their JSON form.
+        let json = serde_json::to_string(key.content()).unwrap();
+        assert_eq!(
+            &serde_json::from_str::<ContentKeys>(&json).unwrap(),
+            key.content()
+        );
     }
 }

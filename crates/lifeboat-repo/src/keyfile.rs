@@ -111,8 +111,12 @@ impl KeyFile {
         })
     }
 
-    /// Unwraps the master key; `None` if the password does not open this key file.
-    pub fn unwrap_key(&self, password: &[u8], what: &str) -> Result<Option<MasterKey>> {
+    /// Unwraps the master secret; `None` if the password does not open this key file.
+    pub fn unwrap_secret(
+        &self,
+        password: &[u8],
+        what: &str,
+    ) -> Result<Option<Zeroizing<[u8; 64]>>> {
         if self.version > KEY_FILE_VERSION {
             return Err(Error::UnsupportedVersion {
                 what: what.to_string(),
@@ -139,11 +143,11 @@ impl KeyFile {
             return Ok(None);
         };
         let secret = Zeroizing::new(secret);
-        let secret: &[u8; 64] = secret
+        let secret: [u8; 64] = secret
             .as_slice()
             .try_into()
             .map_err(|_| Error::malformed(what, "master secret is not 64 bytes"))?;
-        Ok(Some(MasterKey::from_secret(secret)))
+        Ok(Some(Zeroizing::new(secret)))
     }
 
     /// Serialised form.
@@ -173,14 +177,17 @@ mod tests {
         )
         .unwrap();
         let parsed = KeyFile::from_bytes(&file.to_bytes(), "k").unwrap();
-        let opened = parsed.unwrap_key(b"correct horse", "k").unwrap().unwrap();
-        assert_eq!(opened.blob_id(b"x"), key.blob_id(b"x"));
-        assert!(parsed.unwrap_key(b"wrong", "k").unwrap().is_none());
+        let opened = parsed
+            .unwrap_secret(b"correct horse", "k")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&opened[..], &key.secret()[..]);
+        assert!(parsed.unwrap_secret(b"wrong", "k").unwrap().is_none());
         let mut tampered = parsed.clone();
         tampered.params.iterations += 1;
         assert!(
             tampered
-                .unwrap_key(b"correct horse", "k")
+                .unwrap_secret(b"correct horse", "k")
                 .unwrap()
                 .is_none()
         );

@@ -15,7 +15,7 @@
 //! Binding the header as associated data means an attacker cannot pass off a snapshot as an
 //! index, or flip the compression flag, without failing authentication.
 
-use crate::crypto::{MasterKey, NonceDomain, SALT_LEN, TAG_LEN, random_salt};
+use crate::crypto::{NonceDomain, ObjectKeys, SALT_LEN, TAG_LEN, random_salt};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"LBOB";
@@ -46,7 +46,7 @@ impl ObjectKind {
 }
 
 /// Compresses (zstd) and encrypts `plain` as an object of `kind`.
-pub fn seal(key: &MasterKey, kind: ObjectKind, plain: &[u8], zstd_level: i32) -> Vec<u8> {
+pub fn seal(key: &ObjectKeys, kind: ObjectKind, plain: &[u8], zstd_level: i32) -> Vec<u8> {
     let compressed = zstd::bulk::compress(plain, zstd_level).expect("in-memory zstd cannot fail");
     let salt = random_salt();
     let mut out = Vec::with_capacity(HEADER_LEN + SALT_LEN + compressed.len() + TAG_LEN);
@@ -56,13 +56,13 @@ pub fn seal(key: &MasterKey, kind: ObjectKind, plain: &[u8], zstd_level: i32) ->
     let start = out.len();
     out.extend_from_slice(&compressed);
     let aad: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().expect("header");
-    key.object_cipher(&salt)
+    key.cipher(&salt)
         .seal_in_place(NonceDomain::Object, 0, &aad, &mut out, start);
     out
 }
 
 /// Checks, decrypts and decompresses an object that should be of `kind`. `what` names it in errors.
-pub fn open(key: &MasterKey, kind: ObjectKind, stored: &[u8], what: &str) -> Result<Vec<u8>> {
+pub fn open(key: &ObjectKeys, kind: ObjectKind, stored: &[u8], what: &str) -> Result<Vec<u8>> {
     if stored.len() < HEADER_LEN + SALT_LEN + TAG_LEN || &stored[..4] != MAGIC {
         return Err(Error::corrupt(what));
     }
@@ -87,7 +87,7 @@ pub fn open(key: &MasterKey, kind: ObjectKind, stored: &[u8], what: &str) -> Res
         .try_into()
         .expect("salt");
     let plain = key
-        .object_cipher(&salt)
+        .cipher(&salt)
         .open(
             NonceDomain::Object,
             0,
@@ -109,10 +109,12 @@ pub fn open(key: &MasterKey, kind: ObjectKind, stored: &[u8], what: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::MasterKey;
 
     #[test]
     fn roundtrip_and_every_single_byte_flip_is_detected() {
         let key = MasterKey::generate();
+        let key = key.objects();
         let sealed = seal(&key, ObjectKind::Snapshot, b"{\"a\":1}", 3);
         assert_eq!(
             open(&key, ObjectKind::Snapshot, &sealed, "x").unwrap(),
@@ -134,7 +136,12 @@ mod tests {
             Err(Error::Malformed { .. })
         ));
         assert!(matches!(
-            open(&MasterKey::generate(), ObjectKind::Snapshot, &sealed, "x"),
+            open(
+                MasterKey::generate().objects(),
+                ObjectKind::Snapshot,
+                &sealed,
+                "x"
+            ),
             Err(Error::Corrupt { .. })
         ));
     }

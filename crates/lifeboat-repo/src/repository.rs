@@ -11,7 +11,7 @@ use lifeboat_storage::Storage;
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::crypto::MasterKey;
+use crate::crypto::{ContentKeys, MasterKey, ObjectKeys, generate_secret};
 use crate::index::{Index, IndexFile};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::object::{self, ObjectKind};
@@ -55,6 +55,8 @@ pub struct RepoConfig {
     pub pack_size: u32,
     /// zstd level for blobs.
     pub compression_level: i32,
+    /// Blob-id key and chunker seed (secret: shown redacted by `lifeboat cat config`).
+    pub content_keys: ContentKeys,
 }
 
 /// Options of [`Repository::init`].
@@ -72,6 +74,9 @@ pub struct InitOptions {
     pub hostname: String,
     /// Recorded in the key file.
     pub username: String,
+    /// Content keys to share with an existing repository (so blob ids agree and copies between
+    /// the two move only missing blobs); `None` generates fresh ones.
+    pub content_keys: Option<ContentKeys>,
 }
 
 /// Default target pack size: 16 MiB.
@@ -88,6 +93,7 @@ impl Default for InitOptions {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             hostname: String::new(),
             username: String::new(),
+            content_keys: None,
         }
     }
 }
@@ -118,7 +124,11 @@ impl Repository {
                 location: storage.location().to_string(),
             });
         }
-        let key = MasterKey::generate();
+        let content_keys = options
+            .content_keys
+            .clone()
+            .unwrap_or_else(ContentKeys::generate);
+        let key = MasterKey::new(&generate_secret(), content_keys.clone());
         let file = KeyFile::wrap(
             &key,
             password,
@@ -136,9 +146,11 @@ impl Repository {
             chunker: options.chunker,
             pack_size: options.pack_size,
             compression_level: options.compression_level,
+            content_keys,
         };
-        let plain = serde_json::to_vec_pretty(&config).expect("config serialises");
-        let sealed = object::seal(&key, ObjectKind::Config, &plain, 3);
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec_pretty(&config).expect("config serialises"));
+        let sealed = object::seal(key.objects(), ObjectKind::Config, &plain, 3);
         // The config is written last and only if absent: it is what makes the location a
         // repository, and two concurrent `init`s must not both succeed.
         storage
@@ -173,21 +185,27 @@ impl Repository {
         for object in &keys {
             let bytes = storage.get(&object.key)?;
             let file = KeyFile::from_bytes(&bytes, &object.key)?;
-            if let Some(key) = file.unwrap_key(password, &object.key)? {
+            if let Some(secret) = file.unwrap_secret(password, &object.key)? {
                 let name = object.key.trim_start_matches(KEYS_PREFIX);
-                opened = Some((key, Id::from_hex(name).unwrap_or_default()));
+                opened = Some((secret, Id::from_hex(name).unwrap_or_default()));
                 break;
             }
         }
-        let Some((key, key_id)) = opened else {
+        let Some((secret, key_id)) = opened else {
             return Err(Error::WrongPassword {
                 keys: keys.len(),
                 location: storage.location().to_string(),
             });
         };
-        let plain = object::open(&key, ObjectKind::Config, &sealed_config, CONFIG_KEY)?;
+        let plain = zeroize::Zeroizing::new(object::open(
+            &ObjectKeys::from_secret(&secret),
+            ObjectKind::Config,
+            &sealed_config,
+            CONFIG_KEY,
+        )?);
         let config: RepoConfig = serde_json::from_slice(&plain)
             .map_err(|e| Error::malformed(CONFIG_KEY, e.to_string()))?;
+        let key = MasterKey::new(&secret, config.content_keys.clone());
         if config.version > REPO_VERSION {
             return Err(Error::UnsupportedVersion {
                 what: "repository".to_string(),
@@ -230,7 +248,12 @@ impl Repository {
 
     /// Seals and stores a standalone object under `prefix`, returning its name.
     pub(crate) fn save_object(&self, prefix: &str, kind: ObjectKind, plain: &[u8]) -> Result<Id> {
-        let sealed = object::seal(&self.key, kind, plain, self.config.compression_level);
+        let sealed = object::seal(
+            self.key.objects(),
+            kind,
+            plain,
+            self.config.compression_level,
+        );
         let id = Id::of_stored_bytes(&sealed);
         self.storage
             .put(&format!("{prefix}{id}"), Bytes::from(sealed))?;
@@ -244,7 +267,7 @@ impl Repository {
         if Id::of_stored_bytes(&sealed) != *id {
             return Err(Error::corrupt(key));
         }
-        object::open(&self.key, kind, &sealed, &key)
+        object::open(self.key.objects(), kind, &sealed, &key)
     }
 
     /// Ids of objects under a prefix; names that are not ids are ignored.
