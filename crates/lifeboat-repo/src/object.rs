@@ -115,24 +115,24 @@ mod tests {
     fn roundtrip_and_every_single_byte_flip_is_detected() {
         let key = MasterKey::generate();
         let key = key.objects();
-        let sealed = seal(&key, ObjectKind::Snapshot, b"{\"a\":1}", 3);
+        let sealed = seal(key, ObjectKind::Snapshot, b"{\"a\":1}", 3);
         assert_eq!(
-            open(&key, ObjectKind::Snapshot, &sealed, "x").unwrap(),
+            open(key, ObjectKind::Snapshot, &sealed, "x").unwrap(),
             b"{\"a\":1}"
         );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x20;
             assert!(
-                open(&key, ObjectKind::Snapshot, &bad, "x").is_err(),
+                open(key, ObjectKind::Snapshot, &bad, "x").is_err(),
                 "flip at {i}"
             );
         }
         for len in 0..sealed.len() {
-            assert!(open(&key, ObjectKind::Snapshot, &sealed[..len], "x").is_err());
+            assert!(open(key, ObjectKind::Snapshot, &sealed[..len], "x").is_err());
         }
         assert!(matches!(
-            open(&key, ObjectKind::Index, &sealed, "x"),
+            open(key, ObjectKind::Index, &sealed, "x"),
             Err(Error::Malformed { .. })
         ));
         assert!(matches!(
