@@ -506,8 +506,19 @@ impl Storage {
     /// (`If-None-Match: *`), which AWS S3 and current S3-compatible servers honour (a second
     /// writer gets 412 and this returns [`StorageError::AlreadyExists`]); a server that ignores
     /// the header overwrites, so there two racing `init`s can both appear to succeed.
+    ///
+    /// A conditional put whose answer was lost (a reset or a cut-off response after the server
+    /// stored the object) is retried and then meets its own object. So an existing object with
+    /// exactly the bytes given counts as success: that is indistinguishable from having written
+    /// it, and callers write objects no other writer could produce byte for byte (random salts).
     pub fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
-        self.put_inner(key, data, true)
+        match self.put_inner(key, data.clone(), true) {
+            Err(StorageError::AlreadyExists { key: k, location }) => match self.get(key) {
+                Ok(existing) if existing == data => Ok(()),
+                _ => Err(StorageError::AlreadyExists { key: k, location }),
+            },
+            other => other,
+        }
     }
 
     fn put_inner(&self, key: &str, data: Bytes, if_not_exists: bool) -> Result<()> {
@@ -679,6 +690,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
         assert_eq!(storage.get("a/two").unwrap(), Bytes::from_static(b"world!"));
+        // The same bytes again: a retried create-only put that meets its own object.
+        storage
+            .put_new("a/two", Bytes::from_static(b"world!"))
+            .unwrap();
         storage.delete("a/two").unwrap();
         storage.delete("a/two").unwrap();
         assert!(!storage.exists("a/two").unwrap());
