@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Args)]
 struct GlobalArgs {
-    /// Repository location: a local directory (the default backend).
+    /// Repository location: a local directory (the default backend),
+    /// `s3:https://host:port/bucket/prefix` or `s3:bucket/prefix` (AWS); see docs/storage.md.
     #[arg(short = 'r', long, env = "LIFEBOAT_REPOSITORY", global = true)]
     repo: Option<String>,
     /// File whose first line is the repository password.
@@ -66,6 +67,9 @@ enum Command {
     Restore(RestoreArgs),
     /// Print a repository object, decrypted, for debugging.
     Cat(CatArgs),
+    /// Copy snapshots to a second repository (created with `init --copy-content-keys-from`),
+    /// transferring only the blobs it lacks.
+    Copy(CopyArgs),
 }
 
 #[derive(Args)]
@@ -79,6 +83,40 @@ struct InitArgs {
     /// Use very cheap key derivation. Only for tests: it makes the password easy to guess.
     #[arg(long, hide = true)]
     insecure_kdf_for_tests: bool,
+    /// Share the content keys (blob-id key and chunker seed) of this existing repository, so
+    /// that `lifeboat copy` between the two moves only missing blobs. Its password comes from
+    /// --from-password-file or --from-password-command.
+    #[arg(long, value_name = "REPO1")]
+    copy_content_keys_from: Option<String>,
+    #[command(flatten)]
+    from: FromPassword,
+}
+
+/// Password of the repository given by `--copy-content-keys-from`.
+#[derive(Args)]
+struct FromPassword {
+    /// File whose first line is the password of the --copy-content-keys-from repository.
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
+    from_password_file: Option<PathBuf>,
+    /// Shell command that prints the password of the --copy-content-keys-from repository.
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_COMMAND")]
+    from_password_command: Option<String>,
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// Destination repository; it must share content keys with the source (--repo).
+    #[arg(long, value_name = "REPO2", env = "LIFEBOAT_TO_REPOSITORY")]
+    to: String,
+    /// File whose first line is the destination's password.
+    #[arg(long, env = "LIFEBOAT_TO_PASSWORD_FILE")]
+    to_password_file: Option<PathBuf>,
+    /// Shell command that prints the destination's password.
+    #[arg(long, env = "LIFEBOAT_TO_PASSWORD_COMMAND")]
+    to_password_command: Option<String>,
+    /// Snapshots to copy (ids, unique id prefixes or `latest`); default: all of them. Those
+    /// the destination has already are skipped.
+    snapshots: Vec<String>,
 }
 
 #[derive(Args)]
@@ -151,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots => snapshots(global),
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
+        Command::Copy(args) => copy(global, &args),
     }
 }
 
@@ -185,6 +224,21 @@ fn username() -> String {
 
 fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
     let storage = Storage::create(location(global)?)?;
+    let content_keys = match &args.copy_content_keys_from {
+        Some(from) => {
+            let other = GlobalArgs {
+                repo: Some(from.clone()),
+                password_file: args.from.from_password_file.clone(),
+                password_command: args.from.from_password_command.clone(),
+                json: global.json,
+                quiet: global.quiet,
+            };
+            let source = open(&other)
+                .with_context(|| format!("cannot open {from} to copy its content keys"))?;
+            Some(source.config().content_keys.clone())
+        }
+        None => None,
+    };
     let password = password::obtain(global, true)?;
     let options = InitOptions {
         kdf: if args.insecure_kdf_for_tests {
@@ -196,6 +250,7 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
         compression_level: args.compression,
         hostname: hostname(),
         username: username(),
+        content_keys,
         ..InitOptions::default()
     };
     let repo = Repository::init(storage, password.as_bytes(), &options)?;
@@ -424,6 +479,96 @@ fn cat(global: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
         ),
     };
     println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
+    let source = open(global)?.load_index()?;
+    if args.to_password_file.is_none()
+        && args.to_password_command.is_none()
+        && std::io::stdin().is_terminal()
+    {
+        eprintln!("destination repository {}:", args.to);
+    }
+    let to = GlobalArgs {
+        repo: Some(args.to.clone()),
+        password_file: args.to_password_file.clone(),
+        password_command: args.to_password_command.clone(),
+        json: global.json,
+        quiet: global.quiet,
+    };
+    let destination = open(&to).with_context(|| {
+        format!(
+            "cannot open the destination {}; create it with `lifeboat --repo {} init \
+             --copy-content-keys-from {}`",
+            args.to,
+            args.to,
+            location(global).unwrap_or_default()
+        )
+    })?;
+    lifeboat_repo::check_content_keys(&source, &destination)?;
+    let snapshots = if args.snapshots.is_empty() {
+        source.snapshots()?
+    } else {
+        let mut chosen = Vec::new();
+        for query in &args.snapshots {
+            let entry = source.find_snapshot(query)?;
+            if !chosen
+                .iter()
+                .any(|e: &lifeboat_repo::SnapshotEntry| e.id == entry.id)
+            {
+                chosen.push(entry);
+            }
+        }
+        chosen
+    };
+    let mut destination = destination.load_index()?;
+    let stats = lifeboat_repo::copy_snapshots(
+        &source,
+        &mut destination,
+        &snapshots,
+        &lifeboat_repo::CopyOptions::default(),
+    )?;
+    let requests = |s: lifeboat_storage::RequestStats| {
+        serde_json::json!({
+            "put": s.puts, "get": s.gets, "list": s.lists, "stat": s.stats,
+            "delete": s.deletes, "retries": s.retries,
+        })
+    };
+    if global.json {
+        let value = serde_json::json!({
+            "copied": stats.copied.iter().map(|c| serde_json::json!({
+                "source": c.source, "destination": c.destination,
+            })).collect::<Vec<_>>(),
+            "skipped": stats.skipped,
+            "blobs_copied": stats.blobs_copied,
+            "bytes_copied": stats.bytes_copied,
+            "blobs_present": stats.blobs_present,
+            "packs_written": stats.packs_written,
+            "requests": {
+                "source": requests(source.storage().request_stats()),
+                "destination": requests(destination.storage().request_stats()),
+            },
+        });
+        println!("{value}");
+    } else if !global.quiet {
+        for c in &stats.copied {
+            println!(
+                "copied snapshot {} as {}",
+                c.source.short(),
+                c.destination.short()
+            );
+        }
+        println!(
+            "{} snapshots copied, {} already there; {} blobs ({}) transferred, {} already there, {} packs written",
+            stats.copied.len(),
+            stats.skipped.len(),
+            stats.blobs_copied,
+            bytes(stats.bytes_copied),
+            stats.blobs_present,
+            stats.packs_written
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
