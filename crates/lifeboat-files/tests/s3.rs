@@ -282,12 +282,7 @@ fn s3_server_gone_fails_naming_the_endpoint_and_leaves_a_valid_repository() {
     write_incompressible(&big, 8, 400_000);
     let forwarded_before = proxy.counts().forwarded.load(Ordering::Relaxed);
     std::thread::scope(|scope| {
-        let stopper = scope.spawn(|| {
-            while proxy.counts().forwarded.load(Ordering::Relaxed) < forwarded_before + 3 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            proxy.stop();
-        });
+        let stopper = scope.spawn(|| stop_after(&proxy, forwarded_before + 3));
         let result = backup(&mut repo, &options(&big), &BackupProgress::default());
         stopper.join().unwrap();
         let error = result.expect_err("the server went away during the backup");
@@ -306,10 +301,25 @@ fn s3_server_gone_fails_naming_the_endpoint_and_leaves_a_valid_repository() {
     restore_and_compare(&open(&location, &network), &redone, &big);
 }
 
+/// Stops the proxy (the server is gone) once it has forwarded `requests` requests in all.
+fn stop_after(proxy: &FaultProxy, requests: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.counts().forwarded.load(Ordering::Relaxed) < requests {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {requests} requests were made"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    proxy.stop();
+}
+
 fn init_sibling(storage: Storage, of: &Repository) -> IndexedRepository {
     let options = InitOptions {
         kdf: KdfParams::insecure_for_tests(),
         content_keys: Some(of.config().content_keys.clone()),
+        chunker: of.config().chunker,
+        pack_size: of.config().pack_size,
         ..InitOptions::default()
     };
     Repository::init(storage, b"other password", &options)
@@ -373,8 +383,12 @@ fn copy_local_to_s3_to_local_round_trips_and_moves_only_missing_blobs() {
         Storage::local_create(&dir.path().join("back")).unwrap(),
         &local,
     );
+    let gets_before = remote.storage().request_stats().gets;
     let stats = copy_snapshots(&remote, &mut back, &copied, &CopyOptions::default()).unwrap();
     assert_eq!(stats.copied.len(), 2);
+    // Nearby blobs of a pack are read with one range request.
+    let gets = remote.storage().request_stats().gets - gets_before;
+    assert!(gets < stats.blobs_copied, "{gets} requests for {stats:?}");
     let back_snapshots: Vec<_> = back
         .snapshots()
         .unwrap()
@@ -394,4 +408,68 @@ fn copy_local_to_s3_to_local_round_trips_and_moves_only_missing_blobs() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("--copy-content-keys-from"), "{error}");
+}
+
+#[test]
+fn an_interrupted_copy_to_s3_is_resumed_reusing_what_was_indexed() {
+    let Some((endpoint, bucket)) = s3_server("copy_resume") else {
+        return;
+    };
+    let upstream = endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::start(
+        &upstream,
+        FaultConfig {
+            rate: 0.0,
+            stall: Duration::from_secs(4),
+            seed: 2,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    fs::create_dir(&source).unwrap();
+    // About 48 packs of 256 KiB: more than the 32 packs after which an index object is written.
+    write_incompressible(&source, 12, 1_000_000);
+    let mut local = small_repo(Storage::local_create(&dir.path().join("local")).unwrap());
+    let outcome = backup_ok(&mut local, &source);
+    let all = local.snapshots().unwrap();
+
+    let location = s3_url(&proxy.endpoint(), &bucket, "resume");
+    let network = NetworkOptions {
+        retries: 2,
+        ..impatient()
+    };
+    let mut remote = init_sibling(
+        Storage::open_with(&location, true, &network).unwrap(),
+        &local,
+    );
+    let before = proxy.counts().forwarded.load(Ordering::Relaxed);
+    std::thread::scope(|scope| {
+        let stopper = scope.spawn(|| stop_after(&proxy, before + 40));
+        let result = copy_snapshots(&local, &mut remote, &all, &CopyOptions::default());
+        stopper.join().unwrap();
+        assert!(result.is_err(), "the server went away during the copy");
+    });
+    proxy.start_again();
+    let mut remote = open_with_password(&location, &network, b"other password");
+    assert!(remote.snapshots().unwrap().is_empty());
+    let indexed = remote.index().blob_count();
+    assert!(indexed > 0, "the first 32 packs were indexed");
+    let resumed = copy_snapshots(&local, &mut remote, &all, &CopyOptions::default()).unwrap();
+    assert_eq!(resumed.copied.len(), 1);
+    assert!(resumed.blobs_present as usize >= indexed, "{resumed:?}");
+    let remote = open_with_password(&location, &network, b"other password");
+    check_read_data(&remote);
+    restore_and_compare(&remote, &outcome, &source);
+}
+
+fn open_with_password(
+    location: &str,
+    network: &NetworkOptions,
+    password: &[u8],
+) -> IndexedRepository {
+    let storage = Storage::open_with(location, false, network).unwrap();
+    Repository::open(storage, password)
+        .unwrap()
+        .load_index()
+        .unwrap()
 }

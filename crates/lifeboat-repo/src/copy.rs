@@ -26,13 +26,15 @@ use std::collections::HashSet;
 use crossbeam_channel::bounded;
 
 use crate::id::IdSet;
-use crate::pack::BlobType;
-use crate::repository::{IndexedRepository, Repository};
+use crate::index::BlobLocation;
+use crate::pack::{self, BlobType};
+use crate::repository::{IndexedRepository, Repository, pack_key};
 use crate::snapshot::{Snapshot, SnapshotEntry};
 use crate::writer::{BlobWriter, WriterOptions};
 use crate::{Error, Id, Result};
 
-/// Tuning of [`copy_snapshots`].
+/// Tuning of [`copy_snapshots`]. Blobs are read in runs of nearby blobs of one pack (one range
+/// request each, at most 8 MiB), so a copy from object storage costs about a request per pack.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
     /// The destination's write pipeline.
@@ -186,6 +188,87 @@ fn missing_blobs(
     Ok(missing)
 }
 
+/// Blobs of one pack read with one range request.
+struct Run {
+    pack: u32,
+    start: u64,
+    end: u64,
+    blobs: Vec<(Id, BlobLocation)>,
+}
+
+/// Gap between two wanted blobs of a pack up to which one request reads both (and the bytes
+/// between): a request costs about as much as 256 KiB of transfer on object storage.
+const RUN_GAP: u64 = 256 * 1024;
+/// Longest single range read.
+const RUN_MAX: u64 = 8 * 1024 * 1024;
+
+/// Groups blobs into runs of nearby blobs of the same pack, so that a copy costs about one
+/// request per pack rather than one per blob.
+fn plan_runs(source: &IndexedRepository, blobs: &[(BlobType, Id)]) -> Result<Vec<Run>> {
+    let index = source.index();
+    let mut located = blobs
+        .iter()
+        .map(|(_, id)| {
+            index
+                .get(id)
+                .map(|loc| (*id, *loc))
+                .ok_or(Error::MissingBlob(*id))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    located.sort_by_key(|(_, loc)| (loc.pack, loc.offset));
+    let mut runs: Vec<Run> = Vec::new();
+    for (id, loc) in located {
+        let start = u64::from(loc.offset);
+        let end = start + u64::from(loc.stored_len);
+        match runs.last_mut() {
+            Some(run)
+                if run.pack == loc.pack
+                    && start <= run.end + RUN_GAP
+                    && end - run.start <= RUN_MAX =>
+            {
+                run.end = run.end.max(end);
+                run.blobs.push((id, loc));
+            }
+            _ => runs.push(Run {
+                pack: loc.pack,
+                start,
+                end,
+                blobs: vec![(id, loc)],
+            }),
+        }
+    }
+    Ok(runs)
+}
+
+/// Reads one run and decodes (authenticates, decompresses, checks the id of) each blob in it.
+fn read_run(source: &IndexedRepository, run: &Run) -> Result<Vec<(BlobType, Id, Vec<u8>)>> {
+    let index = source.index();
+    let pack = &index.packs()[run.pack as usize];
+    let key = pack_key(&pack.id);
+    let bytes = source.storage().get_range(&key, run.start..run.end)?;
+    if (bytes.len() as u64) < run.end - run.start {
+        return Err(Error::Corrupt {
+            what: format!("pack {key} (truncated)"),
+        });
+    }
+    run.blobs
+        .iter()
+        .map(|(id, loc)| {
+            let from = (u64::from(loc.offset) - run.start) as usize;
+            let sealed = &bytes[from..from + loc.stored_len as usize];
+            let what = format!("blob {id} in pack {key}");
+            let data = pack::decode_blob(
+                source.key(),
+                &pack.salt,
+                &index.entry(*id, loc),
+                sealed,
+                &what,
+            )?;
+            Ok((loc.blob_type, *id, data))
+        })
+        .collect()
+}
+
 /// Reads blobs from the source with several threads and adds them to the writer.
 fn transfer(
     source: &IndexedRepository,
@@ -193,18 +276,20 @@ fn transfer(
     blobs: &[(BlobType, Id)],
     readers: usize,
 ) -> Result<(u64, u64)> {
-    let (tx, rx) = bounded::<(BlobType, Id)>(readers * 2);
+    let runs = plan_runs(source, blobs)?;
+    let (tx, rx) = bounded::<&Run>(readers * 2);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..readers)
             .map(|_| {
                 let rx = rx.clone();
                 scope.spawn(move || -> Result<(u64, u64)> {
                     let (mut count, mut bytes) = (0, 0);
-                    for (blob_type, id) in rx {
-                        let data = source.read_blob(&id)?;
-                        bytes += data.len() as u64;
-                        if writer.add_with_id(blob_type, id, data)? {
-                            count += 1;
+                    for run in rx {
+                        for (blob_type, id, data) in read_run(source, run)? {
+                            bytes += data.len() as u64;
+                            if writer.add_with_id(blob_type, id, data)? {
+                                count += 1;
+                            }
                         }
                     }
                     Ok((count, bytes))
@@ -212,9 +297,9 @@ fn transfer(
             })
             .collect();
         drop(rx);
-        for blob in blobs {
+        for run in &runs {
             // A closed channel means every reader stopped on an error, reported below.
-            if tx.send(*blob).is_err() {
+            if tx.send(run).is_err() {
                 break;
             }
         }
