@@ -341,6 +341,10 @@ impl Storage {
                 builder = builder.region(&region);
             }
         }
+        // Content-MD5 on every PUT: the server checks the bytes it received against it (so
+        // corruption on the way is refused, not stored), and buckets with Object Lock
+        // retention require it. Lifeboat's PUTs are single-part, where MD5 is allowed.
+        builder = builder.checksum_algorithm("md5");
         // The reqwest (rustls) HTTP transport, installed once per process.
         opendal::install_default();
         Self::build(builder, location.to_string(), None, Some(network))
