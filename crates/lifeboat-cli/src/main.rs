@@ -7,6 +7,7 @@
 mod password;
 mod progress;
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lifeboat_files::{BackupOptions, BackupProgress, RestoreOptions, RestoreProgress};
+use lifeboat_repo::check::ReadData;
 use lifeboat_repo::repository::KEYS_PREFIX;
 use lifeboat_repo::{Id, InitOptions, KdfParams, Repository};
 use lifeboat_storage::Storage;
@@ -66,6 +68,49 @@ enum Command {
     Restore(RestoreArgs),
     /// Print a repository object, decrypted, for debugging.
     Cat(CatArgs),
+    /// Verify the repository: structure always; pack data in full or in rotating subsets.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Download every pack and decrypt and verify every blob.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    read_data: bool,
+    /// Verify part of the data: `5%` (least recently verified packs first, so repeated runs
+    /// cover everything) or `n/m` (a fixed part n of m).
+    #[arg(long, value_name = "SUBSET", value_parser = parse_subset)]
+    read_data_subset: Option<ReadData>,
+}
+
+fn parse_subset(text: &str) -> Result<ReadData, String> {
+    if let Some(percent) = text.strip_suffix('%') {
+        let value: f64 = percent
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a percentage"))?;
+        if !(value > 0.0 && value <= 100.0) {
+            return Err("the percentage must be above 0 and at most 100".to_string());
+        }
+        return Ok(ReadData::Fraction(value / 100.0));
+    }
+    if let Some((n, m)) = text.split_once('/') {
+        let (n, m): (u32, u32) = (
+            n.trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not n/m"))?,
+            m.trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not n/m"))?,
+        );
+        if n == 0 || m == 0 || n > m {
+            return Err("n/m needs 1 <= n <= m".to_string());
+        }
+        return Ok(ReadData::Part { n, m });
+    }
+    Err(format!(
+        "{text:?}: use a percentage such as 5% or a part such as 1/10"
+    ))
 }
 
 #[derive(Args)]
@@ -151,6 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots => snapshots(global),
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
+        Command::Check(args) => check(global, &args),
     }
 }
 
@@ -368,6 +414,84 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_PARTIAL)
     })
+}
+
+/// Where the record of verified packs lives: the user's cache, one file per repository.
+fn verified_record(repo_id: &Id) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(
+        base.join("lifeboat")
+            .join(repo_id.to_hex())
+            .join("verified-packs.json"),
+    )
+}
+
+fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
+    let repo = open(global)?.load_index()?;
+    let read = match (args.read_data, args.read_data_subset) {
+        (true, _) => ReadData::All,
+        (false, Some(subset)) => subset,
+        (false, None) => ReadData::None,
+    };
+    let record_path = verified_record(&repo.config().id);
+    let mut record: HashMap<Id, i64> = record_path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let report = lifeboat_repo::check::check(&repo, read, &record)?;
+    if !report.verified.is_empty()
+        && let Some(path) = &record_path
+    {
+        let now = jiff::Timestamp::now().as_second();
+        for id in &report.verified {
+            record.insert(*id, now);
+        }
+        // The record only steers which packs go first next time: failing to keep it is not
+        // worth failing the check for.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(path, serde_json::to_vec(&record)?) {
+            eprintln!(
+                "warning: cannot record verified packs in {}: {e}",
+                path.display()
+            );
+        }
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !global.quiet {
+        println!(
+            "checked {} snapshots, {} trees, {} packs; read {} packs ({}), verified {} blobs",
+            report.snapshots,
+            report.trees,
+            report.packs,
+            report.packs_read,
+            bytes(report.bytes_read),
+            report.blobs_verified
+        );
+        if !report.unindexed_packs.is_empty() {
+            println!(
+                "{} packs are not in any index (left by interrupted backups; harmless, prune removes them)",
+                report.unindexed_packs.len()
+            );
+        }
+    }
+    for problem in &report.errors {
+        eprintln!("error: {}: {}", problem.object, problem.message);
+    }
+    if report.is_clean() {
+        if !global.quiet && !global.json {
+            println!("no errors found");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("check found {} problems", report.errors.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn parse_id(id: Option<&String>) -> Result<Id> {
