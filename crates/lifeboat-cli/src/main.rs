@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use jiff::Span;
 use lifeboat_files::{BackupOptions, BackupProgress, RestoreOptions, RestoreProgress};
 use lifeboat_repo::check::ReadData;
 use lifeboat_repo::repository::KEYS_PREFIX;
+use lifeboat_repo::retention::{self, Count, GroupBy, KeepPolicy, Period};
 use lifeboat_repo::{Id, InitOptions, KdfParams, Repository};
 use lifeboat_storage::Storage;
 
@@ -70,6 +72,116 @@ enum Command {
     Cat(CatArgs),
     /// Verify the repository: structure always; pack data in full or in rotating subsets.
     Check(CheckArgs),
+    /// Remove snapshots that a retention policy does not keep (their data is freed by prune).
+    Forget(ForgetArgs),
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours with snapshots (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_hourly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N days (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_daily: Option<Count>,
+    /// Keep the newest snapshot of each of the last N ISO weeks (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_weekly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N months (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_monthly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N years (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_yearly: Option<Count>,
+    /// Keep every snapshot within this long of the newest one (e.g. `7d`, `12h`, `1y6m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<Span>,
+    /// Keep the newest snapshot of each hour within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_hourly: Option<Span>,
+    /// Keep the newest snapshot of each day within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_daily: Option<Span>,
+    /// Keep the newest snapshot of each week within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_weekly: Option<Span>,
+    /// Keep the newest snapshot of each month within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_monthly: Option<Span>,
+    /// Keep the newest snapshot of each year within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_yearly: Option<Span>,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Judge snapshots in groups of these properties: host, paths, tags (comma-separated).
+    #[arg(long, default_value = "host,paths", value_parser = parse_group_by)]
+    group_by: GroupBy,
+    /// Show what would be kept and removed, and why, without removing anything.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Span, String> {
+    lifeboat_repo::retention::parse_duration(text)
+}
+
+fn parse_group_by(text: &str) -> Result<GroupBy, String> {
+    let mut by = GroupBy {
+        host: false,
+        paths: false,
+        tags: false,
+    };
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "host" => by.host = true,
+            "paths" => by.paths = true,
+            "tags" => by.tags = true,
+            other => {
+                return Err(format!(
+                    "cannot group by {other:?}: use host, paths or tags"
+                ));
+            }
+        }
+    }
+    Ok(by)
+}
+
+impl ForgetArgs {
+    fn policy(&self) -> KeepPolicy {
+        let mut policy = KeepPolicy {
+            last: self.keep_last,
+            within: self.keep_within,
+            tags: self.keep_tags.clone(),
+            ..Default::default()
+        };
+        let counts = [
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ];
+        let spans = [
+            self.keep_within_hourly,
+            self.keep_within_daily,
+            self.keep_within_weekly,
+            self.keep_within_monthly,
+            self.keep_within_yearly,
+        ];
+        for ((period, count), span) in Period::ALL.into_iter().zip(counts).zip(spans) {
+            if let Some(count) = count {
+                policy.periods.insert(period, count);
+            }
+            if let Some(span) = span {
+                policy.within_periods.insert(period, span);
+            }
+        }
+        policy
+    }
 }
 
 #[derive(Args)]
@@ -197,6 +309,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
         Command::Check(args) => check(global, &args),
+        Command::Forget(args) => forget(global, &args),
     }
 }
 
@@ -414,6 +527,66 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_PARTIAL)
     })
+}
+
+fn forget(global: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
+    let policy = args.policy();
+    if policy.is_empty() {
+        bail!("no --keep-* rule given: refusing to forget every snapshot");
+    }
+    let repo = open(global)?;
+    let snapshots = repo.snapshots()?;
+    let decisions = retention::apply(
+        &snapshots,
+        &policy,
+        args.group_by,
+        &jiff::tz::TimeZone::system(),
+    );
+    let removed: Vec<_> = decisions.iter().filter(|d| !d.keep).collect();
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&decisions)?);
+    } else if !global.quiet {
+        let by_id: HashMap<Id, &lifeboat_repo::SnapshotEntry> =
+            snapshots.iter().map(|s| (s.id, s)).collect();
+        let mut out = std::io::stdout().lock();
+        let mut group = None;
+        for decision in &decisions {
+            if group != Some(&decision.group) {
+                writeln!(out, "{}:", decision.group)?;
+                group = Some(&decision.group);
+            }
+            let snapshot = &by_id[&decision.id].snapshot;
+            let time = snapshot
+                .time
+                .to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S");
+            let verdict = if decision.keep { "keep" } else { "remove" };
+            writeln!(
+                out,
+                "  {}  {time}  {verdict:<6}  {}",
+                decision.id.short(),
+                decision.reasons.join(", ")
+            )?;
+        }
+        writeln!(
+            out,
+            "{} snapshots: {} kept, {} {}",
+            decisions.len(),
+            decisions.len() - removed.len(),
+            removed.len(),
+            if args.dry_run {
+                "would be removed (dry run)"
+            } else {
+                "removed"
+            }
+        )?;
+    }
+    if !args.dry_run {
+        for decision in &removed {
+            repo.forget_snapshot(&decision.id)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Where the record of verified packs lives: the user's cache, one file per repository.

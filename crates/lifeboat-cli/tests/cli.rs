@@ -39,6 +39,7 @@ impl Env {
         cmd.env("LIFEBOAT_REPOSITORY", self.repo())
             .env("LIFEBOAT_PASSWORD_FILE", self.password_file())
             .env_remove("LIFEBOAT_PASSWORD_COMMAND")
+            .env("XDG_CACHE_HOME", self.path("cache"))
             .stdin(Stdio::null());
         cmd
     }
@@ -413,4 +414,48 @@ fn sigkill_during_backup_leaves_a_valid_repository() {
         );
         same_files(&source, &target.join(source.strip_prefix("/").unwrap()));
     }
+}
+
+#[test]
+fn forget_applies_a_policy_and_explains_it() {
+    let env = Env::new();
+    let source = env.path("source");
+    write_tree(&source, 2, 1000, 4);
+    env.init();
+    for tag in ["monthly", "other", "other"] {
+        env.run(&["backup", "--tag", tag, &text_of(&source)])
+            .success();
+    }
+    assert_eq!(env.snapshots().len(), 3);
+    env.run(&["forget"])
+        .failure()
+        .stderr(predicate::str::contains(
+            "refusing to forget every snapshot",
+        ));
+    env.run(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "monthly",
+        "--dry-run",
+    ])
+    .success()
+    .stdout(
+        predicate::str::contains("last 1")
+            .and(predicate::str::contains("tag monthly"))
+            .and(predicate::str::contains("1 would be removed (dry run)")),
+    );
+    assert_eq!(env.snapshots().len(), 3, "a dry run removes nothing");
+    env.run(&["forget", "--keep-last", "1", "--keep-tag", "monthly"])
+        .success()
+        .stdout(predicate::str::contains("1 removed"));
+    let left = env.snapshots();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().any(|s| s["tags"][0] == "monthly"));
+    env.run(&["forget", "--keep-daily", "lots"]).code(2);
+    env.run(&["forget", "--keep-within", "7x"]).code(2);
+    env.run(&["check", "--read-data"]).success();
+    env.run(&["restore", "latest", "--target", &text_of(&env.path("out"))])
+        .success();
 }

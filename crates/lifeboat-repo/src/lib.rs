@@ -42,6 +42,7 @@ pub mod keyfile;
 pub mod object;
 pub mod pack;
 pub mod repository;
+pub mod retention;
 pub mod snapshot;
 pub mod tree;
 pub mod writer;

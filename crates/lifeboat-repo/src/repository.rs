@@ -286,6 +286,11 @@ impl Repository {
         self.save_object(SNAPSHOTS_PREFIX, ObjectKind::Snapshot, &plain)
     }
 
+    /// Removes a snapshot. Its data stays until prune finds it unreferenced.
+    pub fn forget_snapshot(&self, id: &Id) -> Result<()> {
+        Ok(self.storage.delete(&format!("{SNAPSHOTS_PREFIX}{id}"))?)
+    }
+
     /// Loads one snapshot.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let plain = self.load_object(SNAPSHOTS_PREFIX, ObjectKind::Snapshot, id)?;
