@@ -73,7 +73,7 @@ enum Command {
     /// Verify the repository: structure always; pack data in full or in rotating subsets.
     Check(CheckArgs),
     /// Remove snapshots that a retention policy does not keep (their data is freed by prune).
-    Forget(ForgetArgs),
+    Forget(Box<ForgetArgs>),
 }
 
 #[derive(Args)]
