@@ -448,10 +448,18 @@ fn show_progress(global: &GlobalArgs) -> bool {
 
 fn snapshots(global: &GlobalArgs) -> Result<ExitCode> {
     let repo = open(global)?;
-    let all = repo.snapshots()?;
+    let (all, unreadable) = repo.readable_snapshots()?;
+    for (id, error) in &unreadable {
+        eprintln!("error: snapshot {id} cannot be read: {error}");
+    }
+    let code = if unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    };
     if global.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -478,7 +486,7 @@ fn snapshots(global: &GlobalArgs) -> Result<ExitCode> {
         )?;
     }
     writeln!(out, "{} snapshots", all.len())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {

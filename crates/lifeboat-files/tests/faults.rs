@@ -167,6 +167,23 @@ fn tampered_snapshot_and_index_are_named() {
         "{err}"
     );
 
+    // The other snapshots stay usable.
+    let (f, mut repo) = fixture();
+    let options = BackupOptions {
+        paths: vec![f.source.clone()],
+        hostname: "h".into(),
+        ..Default::default()
+    };
+    let second = backup(&mut repo, &options, &BackupProgress::default()).unwrap();
+    let first = objects(&f.repo_dir, "snapshots")
+        .into_iter()
+        .find(|p| !p.ends_with(second.snapshot_id.to_hex()))
+        .unwrap();
+    flip_byte(&first, 100);
+    let (readable, unreadable) = repo.readable_snapshots().unwrap();
+    assert_eq!((readable.len(), unreadable.len()), (1, 1));
+    assert_eq!(repo.find_snapshot("latest").unwrap().id, second.snapshot_id);
+
     // An intact object under another object's name is caught too.
     let (f, _) = fixture();
     let indexes = objects(&f.repo_dir, "index");

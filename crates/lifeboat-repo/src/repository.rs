@@ -298,25 +298,33 @@ impl Repository {
             .map_err(|e| Error::malformed(format!("snapshot {id}"), e.to_string()))
     }
 
-    /// All snapshots, oldest first.
+    /// All snapshots, oldest first; fails if any cannot be read (see [`Self::readable_snapshots`]).
     pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
-        let mut all = self
-            .list_ids(SNAPSHOTS_PREFIX)?
-            .into_iter()
-            .map(|id| {
-                Ok(SnapshotEntry {
-                    id,
-                    snapshot: self.load_snapshot(&id)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(all)
+        let (all, mut unreadable) = self.readable_snapshots()?;
+        match unreadable.pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(all),
+        }
     }
 
-    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    /// All snapshots that can be read, oldest first, and the errors of those that cannot: one
+    /// damaged snapshot must not hide the others from a restore.
+    pub fn readable_snapshots(&self) -> Result<(Vec<SnapshotEntry>, Vec<(Id, Error)>)> {
+        let mut all = Vec::new();
+        let mut unreadable = Vec::new();
+        for id in self.list_ids(SNAPSHOTS_PREFIX)? {
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => all.push(SnapshotEntry { id, snapshot }),
+                Err(e) => unreadable.push((id, e)),
+            }
+        }
+        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok((all, unreadable))
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix, among the readable ones.
     pub fn find_snapshot(&self, query: &str) -> Result<SnapshotEntry> {
-        let all = self.snapshots()?;
+        let (all, _) = self.readable_snapshots()?;
         if query == "latest" {
             return all.into_iter().last().ok_or_else(|| {
                 Error::SnapshotNotFound("the repository has no snapshots".to_string())
