@@ -98,6 +98,9 @@ impl Default for InitOptions {
     }
 }
 
+/// A snapshot object that could not be read, and why.
+pub type UnreadableSnapshot = (Id, Error);
+
 /// An opened repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -309,7 +312,7 @@ impl Repository {
 
     /// All snapshots that can be read, oldest first, and the errors of those that cannot: one
     /// damaged snapshot must not hide the others from a restore.
-    pub fn readable_snapshots(&self) -> Result<(Vec<SnapshotEntry>, Vec<(Id, Error)>)> {
+    pub fn readable_snapshots(&self) -> Result<(Vec<SnapshotEntry>, Vec<UnreadableSnapshot>)> {
         let mut all = Vec::new();
         let mut unreadable = Vec::new();
         for id in self.list_ids(SNAPSHOTS_PREFIX)? {
