@@ -74,6 +74,33 @@ enum Command {
     Check(CheckArgs),
     /// Remove snapshots that a retention policy does not keep (their data is freed by prune).
     Forget(Box<ForgetArgs>),
+    /// Manage the passwords (key files) that open the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// List key files: id, creation time, host and user.
+    List,
+    /// Add a password. The new one comes from --new-password-file or a prompt.
+    Add(NewPasswordArgs),
+    /// Remove a key file (never the last one).
+    Remove {
+        /// Key id or unique prefix.
+        id: String,
+    },
+    /// Change the password used now: adds a key with the new password, then removes this one.
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Args)]
+struct NewPasswordArgs {
+    /// File whose first line is the new password.
+    #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE")]
+    new_password_file: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    insecure_kdf_for_tests: bool,
 }
 
 #[derive(Args)]
@@ -310,6 +337,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cat(args) => cat(global, &args),
         Command::Check(args) => check(global, &args),
         Command::Forget(args) => forget(global, &args),
+        Command::Key(command) => key(global, &command),
     }
 }
 
@@ -535,6 +563,85 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_PARTIAL)
     })
+}
+
+fn key(global: &GlobalArgs, command: &KeyCommand) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let new_password = |args: &NewPasswordArgs| -> Result<(password::Password, KdfParams)> {
+        let password = password::obtain_new(args.new_password_file.as_deref())?;
+        let kdf = if args.insecure_kdf_for_tests {
+            KdfParams::insecure_for_tests()
+        } else {
+            KdfParams::default()
+        };
+        Ok((password, kdf))
+    };
+    match command {
+        KeyCommand::List => {
+            let keys = repo.keys()?;
+            if global.json {
+                let list: Vec<_> = keys
+                    .iter()
+                    .map(|(id, k)| {
+                        serde_json::json!({
+                            "id": id, "current": *id == repo.key_id(), "created": k.created,
+                            "hostname": k.hostname, "username": k.username,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for (id, k) in &keys {
+                    let mark = if *id == repo.key_id() { "*" } else { " " };
+                    println!(
+                        "{mark} {}  {}  {}@{}",
+                        id.short(),
+                        k.created,
+                        k.username,
+                        k.hostname
+                    );
+                }
+            }
+        }
+        KeyCommand::Add(args) => {
+            let (password, kdf) = new_password(args)?;
+            let id = repo.add_key(password.as_bytes(), kdf, &hostname(), &username())?;
+            if !global.quiet {
+                println!("added key {}", id.short());
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let matches: Vec<Id> = repo
+                .keys()?
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| k.to_hex().starts_with(id.as_str()))
+                .collect();
+            let [target] = matches[..] else {
+                bail!(
+                    "{id:?} matches {} keys; give a longer prefix (see `lifeboat key list`)",
+                    matches.len()
+                );
+            };
+            repo.remove_key(&target)?;
+            if !global.quiet {
+                println!("removed key {}", target.short());
+            }
+        }
+        KeyCommand::Passwd(args) => {
+            let (password, kdf) = new_password(args)?;
+            let id = repo.add_key(password.as_bytes(), kdf, &hostname(), &username())?;
+            repo.remove_key(&repo.key_id())?;
+            if !global.quiet {
+                println!(
+                    "password changed: key {} replaces {}",
+                    id.short(),
+                    repo.key_id().short()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn forget(global: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {

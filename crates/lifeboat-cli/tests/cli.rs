@@ -459,3 +459,57 @@ fn forget_applies_a_policy_and_explains_it() {
     env.run(&["restore", "latest", "--target", &text_of(&env.path("out"))])
         .success();
 }
+
+#[test]
+fn keys_add_list_remove_and_passwd() {
+    let env = Env::new();
+    env.init();
+    let second = env.path("second");
+    fs::write(&second, "another long password\n").unwrap();
+    let new = |args: &[&str]| {
+        let mut cmd = env.cmd();
+        cmd.args(args)
+            .arg("--new-password-file")
+            .arg(&second)
+            .arg("--insecure-kdf-for-tests");
+        assert_cmd::assert::OutputAssertExt::assert(&mut cmd)
+    };
+    new(&["key", "add"])
+        .success()
+        .stdout(predicate::str::contains("added key"));
+    let list = env.cmd().args(["key", "list", "--json"]).output().unwrap();
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(keys.len(), 2);
+    let other = keys.iter().find(|k| k["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The second password opens the repository too.
+    assert_cmd::assert::OutputAssertExt::assert(
+        env.cmd()
+            .env("LIFEBOAT_PASSWORD_FILE", &second)
+            .arg("snapshots"),
+    )
+    .success();
+    // Remove the second key; the last one cannot be removed.
+    env.run(&["key", "remove", &other[..12]]).success();
+    let current = env.cmd().args(["key", "list", "--json"]).output().unwrap();
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&current.stdout).unwrap();
+    let only = keys[0]["id"].as_str().unwrap().to_string();
+    env.run(&["key", "remove", &only])
+        .failure()
+        .stderr(predicate::str::contains("last key"));
+    // passwd: afterwards only the new password opens the repository.
+    new(&["key", "passwd"])
+        .success()
+        .stdout(predicate::str::contains("password changed"));
+    env.run(&["snapshots"])
+        .failure()
+        .stderr(predicate::str::contains("wrong password"));
+    assert_cmd::assert::OutputAssertExt::assert(
+        env.cmd()
+            .env("LIFEBOAT_PASSWORD_FILE", &second)
+            .arg("snapshots"),
+    )
+    .success();
+}

@@ -244,6 +244,47 @@ impl Repository {
         self.key_id
     }
 
+    /// Every key file with its id.
+    pub fn keys(&self) -> Result<Vec<(Id, KeyFile)>> {
+        let mut keys = Vec::new();
+        for id in self.list_ids(KEYS_PREFIX)? {
+            let key = format!("{KEYS_PREFIX}{id}");
+            keys.push((id, KeyFile::from_bytes(&self.storage.get(&key)?, &key)?));
+        }
+        Ok(keys)
+    }
+
+    /// Adds a key file that opens the repository with `password`; returns its id.
+    pub fn add_key(
+        &self,
+        password: &[u8],
+        kdf: KdfParams,
+        hostname: &str,
+        username: &str,
+    ) -> Result<Id> {
+        let file = KeyFile::wrap(&self.key, password, kdf, hostname, username)?;
+        let bytes = file.to_bytes();
+        let id = Id::of_stored_bytes(&bytes);
+        self.storage
+            .put(&format!("{KEYS_PREFIX}{id}"), Bytes::from(bytes))?;
+        Ok(id)
+    }
+
+    /// Removes a key file. Refuses to remove the last one, which would lock everyone out.
+    pub fn remove_key(&self, id: &Id) -> Result<()> {
+        let ids = self.list_ids(KEYS_PREFIX)?;
+        if !ids.contains(id) {
+            return Err(Error::malformed(format!("key {id}"), "no such key"));
+        }
+        if ids.len() == 1 {
+            return Err(Error::malformed(
+                format!("key {id}"),
+                "it is the last key of the repository; add another key first",
+            ));
+        }
+        Ok(self.storage.delete(&format!("{KEYS_PREFIX}{id}"))?)
+    }
+
     /// The content-defined chunker of this repository.
     pub fn chunker(&self) -> Chunker {
         Chunker::new(self.config.chunker, self.key.chunker_seed())
