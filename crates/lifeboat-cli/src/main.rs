@@ -77,6 +77,16 @@ enum Command {
     /// Manage the passwords (key files) that open the repository.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Repair the repository.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the pack headers (after lost or damaged index objects, or to take
+    /// in packs that interrupted backups stored but never indexed).
+    Index,
 }
 
 #[derive(Subcommand)]
@@ -338,6 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check(global, &args),
         Command::Forget(args) => forget(global, &args),
         Command::Key(command) => key(global, &command),
+        Command::Repair(RepairCommand::Index) => repair_index(global),
     }
 }
 
@@ -559,6 +570,30 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
     Ok(if summary.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+fn repair_index(global: &GlobalArgs) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let report = lifeboat_repo::repair::rebuild_index(&repo)?;
+    for (id, reason) in &report.unreadable_packs {
+        eprintln!("warning: pack {id} left out: {reason}");
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !global.quiet {
+        println!(
+            "indexed {} blobs in {} packs into {} index objects; removed {} old index objects",
+            report.blobs_indexed,
+            report.packs_indexed,
+            report.index_files_written,
+            report.index_files_removed
+        );
+    }
+    Ok(if report.unreadable_packs.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_PARTIAL)

@@ -422,6 +422,47 @@ mod check {
     }
 
     #[test]
+    fn lost_index_is_rebuilt_from_pack_headers() {
+        let (f, _) = fixture();
+        for path in objects(&f.repo_dir, "index") {
+            fs::remove_file(path).unwrap();
+        }
+        let repo =
+            Repository::open(Storage::local(&f.repo_dir).unwrap(), b"test password").unwrap();
+        let report = lifeboat_repo::repair::rebuild_index(&repo).unwrap();
+        assert_eq!(
+            report.packs_indexed as usize,
+            objects(&f.repo_dir, "data").len()
+        );
+        assert!(report.unreadable_packs.is_empty());
+        let repo = open(&f).unwrap();
+        let checked = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        assert!(
+            checked.is_clean() && checked.unindexed_packs.is_empty(),
+            "{:?}",
+            checked.errors
+        );
+        let target = f.work.join("after-repair");
+        let summary = restore_latest(&repo, &target).unwrap();
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+        assert_same_tree(&f.source, &restored_path(&target, &f.source));
+
+        // A damaged pack is named and left out; the rest is indexed.
+        let packs = objects(&f.repo_dir, "data");
+        let len = fs::metadata(&packs[0]).unwrap().len() as usize;
+        flip_byte(&packs[0], len - 60);
+        let repo =
+            Repository::open(Storage::local(&f.repo_dir).unwrap(), b"test password").unwrap();
+        let report = lifeboat_repo::repair::rebuild_index(&repo).unwrap();
+        assert_eq!(report.unreadable_packs.len(), 1);
+        assert_eq!(report.packs_indexed as usize, packs.len() - 1);
+        assert_eq!(
+            objects(&f.repo_dir, "index").len() as u64,
+            report.index_files_written
+        );
+    }
+
+    #[test]
     fn unindexed_packs_are_reported_not_errors() {
         let (f, repo) = fixture();
         let index = objects(&f.repo_dir, "index");

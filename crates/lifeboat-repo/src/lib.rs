@@ -41,6 +41,7 @@ pub mod index;
 pub mod keyfile;
 pub mod object;
 pub mod pack;
+pub mod repair;
 pub mod repository;
 pub mod retention;
 pub mod snapshot;
