@@ -4,6 +4,7 @@
 //! valid); 2 bad usage (from clap); 3 partial success (a backup saved a snapshot but some files
 //! could not be read, or a restore finished but some entries could not be restored).
 
+mod browse;
 mod password;
 mod progress;
 
@@ -80,6 +81,14 @@ enum Command {
     /// Repair the repository.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// List the entries of a snapshot (recursively), optionally below a path.
+    Ls(browse::LsArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(browse::DumpArgs),
+    /// Show what changed between two snapshots (+ added, - removed, M modified, U metadata).
+    Diff(browse::DiffArgs),
+    /// Sizes of snapshots: restore size, unique data, deduplication and compression.
+    Stats(browse::StatsArgs),
 }
 
 #[derive(Subcommand)]
@@ -349,6 +358,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forget(args) => forget(global, &args),
         Command::Key(command) => key(global, &command),
         Command::Repair(RepairCommand::Index) => repair_index(global),
+        Command::Ls(args) => browse::ls(global, &args),
+        Command::Dump(args) => browse::dump(global, &args),
+        Command::Diff(args) => browse::diff(global, &args),
+        Command::Stats(args) => browse::stats(global, &args),
     }
 }
 

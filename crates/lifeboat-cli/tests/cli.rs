@@ -531,3 +531,70 @@ fn keys_add_list_remove_and_passwd() {
     )
     .success();
 }
+
+#[test]
+fn ls_dump_diff_stats_browse_without_restoring() {
+    let env = Env::new();
+    let source = env.path("source");
+    write_tree(&source, 4, 5000, 5);
+    env.init();
+    env.run(&["backup", &text_of(&source)]).success();
+    fs::write(source.join("f000"), "changed content").unwrap();
+    fs::remove_file(source.join("sub/f001")).unwrap();
+    fs::write(source.join("new"), "new file").unwrap();
+    std::fs::set_permissions(
+        source.join("f002"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    env.run(&["backup", &text_of(&source)]).success();
+    let snapshots = env.snapshots();
+    let (first, second) = (
+        snapshots[0]["id"].as_str().unwrap(),
+        snapshots[1]["id"].as_str().unwrap(),
+    );
+
+    let root = text_of(&source);
+    env.run(&["ls", "latest", &root]).success().stdout(
+        predicate::str::contains(format!("{root}/new"))
+            .and(predicate::str::contains(format!("{root}/sub/f003"))),
+    );
+    env.run(&["ls", "--long", first, &format!("{root}/sub")])
+        .success()
+        .stdout(predicate::str::contains("-rw-").and(predicate::str::contains("5000")));
+    env.run(&["ls", "latest", "/no/such/path"])
+        .failure()
+        .stderr(predicate::str::contains("is not in snapshot"));
+
+    env.run(&["dump", first, &format!("{root}/f000")])
+        .success()
+        .stdout(predicate::function(|out: &[u8]| out.len() == 5000));
+    env.run(&["dump", "latest", &format!("{root}/f000")])
+        .success()
+        .stdout("changed content");
+    env.run(&["dump", "latest", &root])
+        .failure()
+        .stderr(predicate::str::contains("not a file"));
+
+    env.run(&["diff", first, second]).success().stdout(
+        predicate::str::contains(format!("+    {root}/new"))
+            .and(predicate::str::contains(format!("-    {root}/sub/f001")))
+            .and(predicate::str::contains(format!("M    {root}/f000")))
+            .and(predicate::str::contains(format!("U    {root}/f002")))
+            .and(predicate::str::contains("1 added, 1 removed")),
+    );
+
+    let out = env.cmd().args(["stats", "--json"]).output().unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["snapshots"], 2);
+    assert_eq!(stats["files"], 8, "4 files in each snapshot");
+    // Restore size counts every snapshot in full: 4 × 5000 bytes, then 15 + 2 × 5000 + 8.
+    assert_eq!(stats["restore_size"], 30_023);
+    // Unique data is stored once: 4 × 5000 + 15 + 8 bytes, plus the trees.
+    let unique = stats["unique_raw_size"].as_u64().unwrap();
+    assert!((20_023..30_023).contains(&unique), "{stats}");
+    assert!(stats["dedup_ratio"].as_f64().unwrap() > 1.0, "{stats}");
+    env.run(&["stats", "latest"])
+        .success()
+        .stdout(predicate::str::contains("deduplication"));
+}

@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod browse;
 pub mod check;
 pub mod chunker;
 pub mod crypto;
