@@ -287,8 +287,29 @@ struct InitArgs {
 #[derive(Args)]
 struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["files_from", "stdin"])]
     paths: Vec<PathBuf>,
+    /// Read more paths to back up from this file, one per line (repeatable).
+    #[arg(long, value_name = "FILE")]
+    files_from: Vec<PathBuf>,
+    /// Read exclude patterns from this file, one per line; `#` starts a comment (repeatable).
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+    /// Skip directories that contain a file of this name, e.g. `.nobackup` (repeatable).
+    #[arg(long, value_name = "NAME")]
+    exclude_if_present: Vec<String>,
+    /// Skip directories tagged as caches (`CACHEDIR.TAG` with the standard signature).
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Stay on the filesystems of the given paths (mount points are kept, empty).
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Back up standard input as one file (e.g. `pg_dump db | lifeboat backup --stdin`).
+    #[arg(long, conflicts_with_all = ["paths", "files_from"])]
+    stdin: bool,
+    /// Name of the file that holds standard input in the snapshot.
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    stdin_filename: String,
     /// Label the snapshot (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -432,9 +453,37 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
         Some(query) => Some(repo.find_snapshot(query)?.id),
         None => None,
     };
+    let mut paths = args.paths.clone();
+    for file in &args.files_from {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --files-from {}", file.display()))?;
+        paths.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(PathBuf::from),
+        );
+    }
+    let mut excludes = args.excludes.clone();
+    for file in &args.exclude_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --exclude-file {}", file.display()))?;
+        excludes.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    if !args.stdin && paths.is_empty() {
+        bail!("nothing to back up: the --files-from files list no paths");
+    }
     let options = BackupOptions {
-        paths: args.paths.clone(),
-        excludes: args.excludes.clone(),
+        paths,
+        excludes,
+        exclude_if_present: args.exclude_if_present.clone(),
+        exclude_caches: args.exclude_caches,
+        one_file_system: args.one_file_system,
         tags: args.tags.clone(),
         hostname: args.host.clone().unwrap_or_else(hostname),
         username: username(),
@@ -444,7 +493,17 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
     };
     let progress = Arc::new(BackupProgress::default());
     let display = progress::start_backup(progress.clone(), show_progress(global));
-    let outcome = lifeboat_files::backup(&mut repo, &options, &progress);
+    let outcome = if args.stdin {
+        lifeboat_files::backup_stream(
+            &mut repo,
+            std::io::stdin().lock(),
+            &args.stdin_filename,
+            &options,
+            &progress,
+        )
+    } else {
+        lifeboat_files::backup(&mut repo, &options, &progress)
+    };
     display.stop();
     let outcome = outcome?;
     for warning in &outcome.warnings {

@@ -2,6 +2,7 @@
 //! codes, and what survives `kill -9` in the middle of a backup.
 
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -597,4 +598,103 @@ fn ls_dump_diff_stats_browse_without_restoring() {
     env.run(&["stats", "latest"])
         .success()
         .stdout(predicate::str::contains("deduplication"));
+}
+
+#[test]
+fn backup_inputs_stdin_files_from_and_excludes() {
+    let env = Env::new();
+    env.init();
+    let mut child = env
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-filename", "db.sql", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"CREATE TABLE t (x int);\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    env.run(&["dump", "latest", "/db.sql"])
+        .success()
+        .stdout("CREATE TABLE t (x int);\n");
+    env.run(&["backup", "--stdin", "--stdin-filename", "a/b"])
+        .failure()
+        .stderr(predicate::str::contains("plain name"));
+
+    let source = env.path("source");
+    for dir in ["keep", "skip-marked", "cache", "fake-cache", "other"] {
+        fs::create_dir_all(source.join(dir)).unwrap();
+        fs::write(source.join(dir).join("data"), dir).unwrap();
+    }
+    fs::write(source.join("skip-marked/.nobackup"), "").unwrap();
+    fs::write(
+        source.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    fs::write(source.join("fake-cache/CACHEDIR.TAG"), "not a real tag").unwrap();
+    fs::write(source.join("keep/big.tmp"), "temporary").unwrap();
+    let list = env.path("list");
+    fs::write(
+        &list,
+        format!(
+            "# what to back up\n{}/keep\n{}/skip-marked\n{}/cache\n{}/fake-cache\n",
+            source.display(),
+            source.display(),
+            source.display(),
+            source.display()
+        ),
+    )
+    .unwrap();
+    let excludes = env.path("excludes");
+    fs::write(&excludes, "# temporary files\n*.tmp\n").unwrap();
+    env.run(&[
+        "backup",
+        "--files-from",
+        &text_of(&list),
+        "--exclude-file",
+        &text_of(&excludes),
+        "--exclude-if-present",
+        ".nobackup",
+        "--exclude-caches",
+    ])
+    .success();
+    let out = env.cmd().args(["ls", "latest"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let root = text_of(&source);
+    assert!(listing.contains(&format!("{root}/keep/data")), "{listing}");
+    assert!(
+        listing.contains(&format!("{root}/fake-cache/data")),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("big.tmp") && !listing.contains("other"),
+        "{listing}"
+    );
+    // Explicitly named directories are backed up whatever their markers say; markers apply to
+    // what is found below them.
+    assert!(
+        listing.contains(&format!("{root}/skip-marked")),
+        "{listing}"
+    );
+    env.run(&[
+        "backup",
+        "--exclude-if-present",
+        ".nobackup",
+        "--exclude-caches",
+        &root,
+    ])
+    .success();
+    let out = env.cmd().args(["ls", "latest"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !listing.contains("skip-marked") && !listing.contains(&format!("{root}/cache")),
+        "{listing}"
+    );
+    assert!(listing.contains(&format!("{root}/other/data")), "{listing}");
 }
