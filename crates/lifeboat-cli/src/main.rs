@@ -10,6 +10,7 @@ mod progress;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -66,7 +67,16 @@ enum Command {
     /// Back up files and directories into a new snapshot.
     Backup(BackupArgs),
     /// List snapshots.
-    Snapshots,
+    Snapshots(SnapshotFilter),
+    /// Add, remove or replace the tags of snapshots.
+    Tag(TagArgs),
+    /// Find entries whose name matches a glob, in every snapshot (or the filtered ones).
+    Find(FindArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Restore a snapshot, whole or in part, into a directory.
     Restore(RestoreArgs),
     /// Print a repository object, decrypted, for debugging.
@@ -169,6 +179,9 @@ struct ForgetArgs {
     /// Show what would be kept and removed, and why, without removing anything.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Only judge snapshots that match these filters; others are left alone.
+    #[command(flatten)]
+    filter: SnapshotFilter,
 }
 
 fn parse_duration(text: &str) -> Result<Span, String> {
@@ -269,6 +282,53 @@ fn parse_subset(text: &str) -> Result<ReadData, String> {
     Err(format!(
         "{text:?}: use a percentage such as 5% or a part such as 1/10"
     ))
+}
+
+/// Snapshot filters shared by commands that work on several snapshots.
+#[derive(Args, Clone, Default)]
+struct SnapshotFilter {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Only snapshots with this tag (repeatable: any of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only snapshots that include this path (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    fn matches(&self, s: &lifeboat_repo::Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
+            && (self.tags.is_empty() || self.tags.iter().any(|t| s.tags.contains(t)))
+            && (self.paths.is_empty() || self.paths.iter().all(|p| s.paths.contains(p)))
+    }
+}
+
+#[derive(Args)]
+struct TagArgs {
+    /// Snapshots to change (ids, prefixes or `latest`); none: all that match the filter.
+    snapshots: Vec<String>,
+    #[command(flatten)]
+    filter: SnapshotFilter,
+    /// Add this tag (repeatable).
+    #[arg(long = "add", value_name = "TAG")]
+    add: Vec<String>,
+    /// Remove this tag (repeatable).
+    #[arg(long = "remove", value_name = "TAG")]
+    remove: Vec<String>,
+    /// Replace all tags with these (repeatable; `--set ''` clears them).
+    #[arg(long = "set", value_name = "TAG", conflicts_with_all = ["add", "remove"])]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct FindArgs {
+    /// Glob matched against entry names (`*.toml`), or against whole paths if it holds a `/`.
+    pattern: String,
+    #[command(flatten)]
+    filter: SnapshotFilter,
 }
 
 #[derive(Args)]
@@ -372,7 +432,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init(global, &args),
         Command::Backup(args) => backup(global, &args),
-        Command::Snapshots => snapshots(global),
+        Command::Snapshots(filter) => snapshots(global, &filter),
+        Command::Tag(args) => tag(global, &args),
+        Command::Find(args) => find(global, &args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "lifeboat",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
         Command::Check(args) => check(global, &args),
@@ -557,9 +628,117 @@ fn show_progress(global: &GlobalArgs) -> bool {
     !global.quiet && !global.json && std::io::stderr().is_terminal()
 }
 
-fn snapshots(global: &GlobalArgs) -> Result<ExitCode> {
+fn tag(global: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
+    if args.add.is_empty() && args.remove.is_empty() && args.set.is_empty() {
+        bail!("nothing to change: use --add, --remove or --set");
+    }
+    let repo = open(global)?;
+    let chosen: Vec<lifeboat_repo::SnapshotEntry> = if args.snapshots.is_empty() {
+        repo.snapshots()?
+            .into_iter()
+            .filter(|s| args.filter.matches(&s.snapshot))
+            .collect()
+    } else {
+        args.snapshots
+            .iter()
+            .map(|q| repo.find_snapshot(q))
+            .collect::<Result<_, _>>()?
+    };
+    let mut changed = 0;
+    for entry in chosen {
+        let mut snapshot = entry.snapshot.clone();
+        if args.set.is_empty() {
+            snapshot.tags.retain(|t| !args.remove.contains(t));
+            for tag in &args.add {
+                if !snapshot.tags.contains(tag) {
+                    snapshot.tags.push(tag.clone());
+                }
+            }
+        } else {
+            snapshot.tags = args.set.iter().filter(|t| !t.is_empty()).cloned().collect();
+        }
+        if snapshot.tags == entry.snapshot.tags {
+            continue;
+        }
+        // Snapshots are immutable objects: write the changed one, then remove the old one, so
+        // an interruption leaves both rather than neither.
+        let id = repo.save_snapshot(&snapshot)?;
+        repo.forget_snapshot(&entry.id)?;
+        changed += 1;
+        if !global.quiet {
+            println!(
+                "snapshot {} is now {} with tags [{}]",
+                entry.id.short(),
+                id.short(),
+                snapshot.tags.join(", ")
+            );
+        }
+    }
+    if !global.quiet {
+        println!("{changed} snapshots changed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find(global: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
+    let glob = globset::GlobBuilder::new(&args.pattern)
+        .literal_separator(true)
+        .build()
+        .with_context(|| format!("invalid pattern {:?}", args.pattern))?
+        .compile_matcher();
+    let whole_path = args.pattern.contains('/');
+    let repo = open(global)?.load_index()?;
+    let mut found = 0u64;
+    let mut out = std::io::stdout().lock();
+    for entry in repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| args.filter.matches(&s.snapshot))
+    {
+        let mut hits = Vec::new();
+        lifeboat_repo::browse::walk(
+            &repo,
+            &entry.snapshot.tree,
+            std::path::Path::new("/"),
+            &mut |path, node| {
+                let subject = if whole_path {
+                    path
+                } else {
+                    std::path::Path::new(std::ffi::OsStr::from_bytes(&node.name.0))
+                };
+                if glob.is_match(subject) {
+                    hits.push((path.to_path_buf(), node.kind, node.size));
+                }
+                Ok(true)
+            },
+        )?;
+        for (path, kind, size) in hits {
+            found += 1;
+            if global.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "snapshot": entry.id, "path": path.to_string_lossy(), "kind": kind, "size": size })
+                )?;
+            } else {
+                writeln!(out, "{}  {}", entry.id.short(), path.display())?;
+            }
+        }
+    }
+    if found == 0 {
+        eprintln!("no entry matches {:?}", args.pattern);
+        return Ok(ExitCode::from(EXIT_PARTIAL));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshots(global: &GlobalArgs, filter: &SnapshotFilter) -> Result<ExitCode> {
     let repo = open(global)?;
     let (all, unreadable) = repo.readable_snapshots()?;
+    let all: Vec<_> = all
+        .into_iter()
+        .filter(|s| filter.matches(&s.snapshot))
+        .collect();
     for (id, error) in &unreadable {
         eprintln!("error: snapshot {id} cannot be read: {error}");
     }
@@ -757,7 +936,11 @@ fn forget(global: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         bail!("no --keep-* rule given: refusing to forget every snapshot");
     }
     let repo = open(global)?;
-    let snapshots = repo.snapshots()?;
+    let snapshots: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| args.filter.matches(&s.snapshot))
+        .collect();
     let decisions = retention::apply(
         &snapshots,
         &policy,

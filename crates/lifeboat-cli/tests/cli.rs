@@ -698,3 +698,78 @@ fn backup_inputs_stdin_files_from_and_excludes() {
     );
     assert!(listing.contains(&format!("{root}/other/data")), "{listing}");
 }
+
+#[test]
+fn filters_tags_find_and_completions() {
+    let env = Env::new();
+    let source = env.path("source");
+    write_tree(&source, 3, 100, 6);
+    fs::write(source.join("settings.toml"), "x = 1").unwrap();
+    env.init();
+    env.run(&[
+        "backup",
+        "--host",
+        "web1",
+        "--tag",
+        "daily",
+        &text_of(&source),
+    ])
+    .success();
+    env.run(&["backup", "--host", "db1", &text_of(&source)])
+        .success();
+    let count = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .arg("snapshots")
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&[]), 2);
+    assert_eq!(count(&["--host", "web1"]), 1);
+    assert_eq!(count(&["--tag", "daily"]), 1);
+    assert_eq!(count(&["--path", &text_of(&source)]), 2);
+    assert_eq!(count(&["--path", "/elsewhere"]), 0);
+
+    env.run(&["tag", "--host", "db1", "--add", "weekly", "--add", "db"])
+        .success()
+        .stdout(predicate::str::contains("1 snapshots changed"));
+    assert_eq!(count(&["--tag", "weekly"]), 1);
+    env.run(&["tag", "latest", "--remove", "db"]).success();
+    let db = env
+        .cmd()
+        .args(["snapshots", "--json", "--host", "db1"])
+        .output()
+        .unwrap();
+    let db: Vec<serde_json::Value> = serde_json::from_slice(&db.stdout).unwrap();
+    assert_eq!(db[0]["tags"], serde_json::json!(["weekly"]));
+    env.run(&["tag", "--set", "", "--host", "db1"]).success();
+    assert_eq!(count(&["--tag", "weekly"]), 0);
+    env.run(&["tag", "latest"])
+        .failure()
+        .stderr(predicate::str::contains("nothing to change"));
+
+    env.run(&["find", "*.toml"])
+        .success()
+        .stdout(predicate::str::contains("settings.toml"));
+    env.run(&["find", "*.toml", "--host", "web1"])
+        .success()
+        .stdout(predicate::function(|out: &str| out.lines().count() == 1));
+    env.run(&["find", "*.nothing"])
+        .code(3)
+        .stderr(predicate::str::contains("no entry matches"));
+
+    // forget judges only the filtered snapshots.
+    env.run(&["forget", "--host", "web1", "--keep-tag", "none"])
+        .success();
+    assert_eq!(count(&[]), 1);
+    assert_eq!(count(&["--host", "db1"]), 1);
+
+    env.run(&["completions", "bash"])
+        .success()
+        .stdout(predicate::str::contains("lifeboat"));
+}
