@@ -563,6 +563,21 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let progress = Arc::new(BackupProgress::default());
+    {
+        // First Ctrl-C (or SIGTERM): stop cleanly, keeping what is stored; a second one quits.
+        let progress = progress.clone();
+        let _ = ctrlc::set_handler(move || {
+            if progress
+                .cancel
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping: finishing the packs in flight (press Ctrl-C again to quit at once)"
+            );
+        });
+    }
     let display = progress::start_backup(progress.clone(), show_progress(global));
     let outcome = if args.stdin {
         lifeboat_files::backup_stream(
@@ -576,7 +591,13 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
         lifeboat_files::backup(&mut repo, &options, &progress)
     };
     display.stop();
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Err(e @ lifeboat_files::Error::Cancelled { .. }) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }

@@ -773,3 +773,58 @@ fn filters_tags_find_and_completions() {
         .success()
         .stdout(predicate::str::contains("lifeboat"));
 }
+
+/// Ctrl-C (SIGINT) stops a backup cleanly: exit code 130, no snapshot, and what was stored is
+/// indexed so the next backup reuses it.
+#[test]
+fn interrupt_stops_cleanly_and_keeps_what_was_stored() {
+    let env = Env::new();
+    let source = env.path("source");
+    write_tree(&source, 48, 1 << 20, 7);
+    env.init();
+    let child = env
+        .cmd()
+        .args(["backup", &text_of(&source)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count_files(&env.repo().join("data")) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(0) {
+        eprintln!("the backup finished before the signal arrived; nothing to check");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("backup cancelled"), "{stderr}");
+    assert!(
+        env.snapshots().is_empty(),
+        "a cancelled backup writes no snapshot"
+    );
+    assert!(
+        count_files(&env.repo().join("index")) > 0,
+        "what was stored is indexed"
+    );
+    let out = env
+        .cmd()
+        .args(["backup", "--json", &text_of(&source)])
+        .output()
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["summary"]["bytes_added"].as_u64().unwrap() < 48 << 20,
+        "{summary}"
+    );
+    env.run(&["check", "--read-data"]).success();
+}

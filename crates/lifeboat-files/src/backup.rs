@@ -80,6 +80,9 @@ pub struct BackupProgress {
     pub dirs_done: AtomicU64,
     /// Entries that failed.
     pub errors: AtomicU64,
+    /// Set (from a signal handler, say) to stop the backup: what is stored so far is flushed
+    /// and indexed, so the next backup reuses it, and no snapshot is written.
+    pub cancel: std::sync::atomic::AtomicBool,
     /// The file being read most recently.
     pub current: Mutex<PathBuf>,
 }
@@ -308,6 +311,9 @@ impl Walker<'_> {
         selection: &Selection,
         parent: Option<&Tree>,
     ) -> bool {
+        if self.progress.cancel.load(Ordering::Relaxed) {
+            return false;
+        }
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) => {
@@ -422,6 +428,12 @@ fn read_file(
     let mut bytes = 0u64;
     let mut chunks = chunker.chunks_with_buffer(file, std::mem::take(buffer));
     for chunk in chunks.by_ref() {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "backup cancelled",
+            ));
+        }
         let chunk = chunk?;
         bytes += chunk.len() as u64;
         progress
@@ -657,6 +669,13 @@ pub fn backup(
         // A failed pipeline stage is the cause of whatever the builder saw: report that.
         Err(e) => return Err(writer.finish().err().map_or(e, Error::from)),
     };
+    if progress.cancel.load(Ordering::Relaxed) {
+        // The trees are incomplete: keep the data (packs and index) but write no snapshot.
+        let stats = writer.finish()?;
+        return Err(Error::Cancelled {
+            packs_kept: stats.packs_written,
+        });
+    }
     let snapshot = Pending {
         time,
         started,
