@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 fatal error (nothing was changed, or the repository is still
 //! valid); 2 bad usage (from clap); 3 partial success (a backup saved a snapshot but some files
-//! could not be read, or a restore finished but some entries could not be restored).
+//! could not be read, or a restore finished but some entries could not be restored); 130
+//! interrupted (a backup stopped by Ctrl-C or SIGTERM: stored data is indexed, no snapshot).
 
 mod browse;
 mod password;
