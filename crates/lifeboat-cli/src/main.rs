@@ -6,6 +6,7 @@
 //! interrupted (a backup stopped by Ctrl-C or SIGTERM: stored data is indexed, no snapshot).
 
 mod browse;
+mod config;
 mod password;
 mod progress;
 
@@ -59,6 +60,9 @@ struct GlobalArgs {
     /// Print less (no progress, no summaries).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Configuration file (default: ~/.config/lifeboat/config.toml if it exists).
+    #[arg(long, env = "LIFEBOAT_CONFIG", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +77,9 @@ enum Command {
     Tag(TagArgs),
     /// Find entries whose name matches a glob, in every snapshot (or the filtered ones).
     Find(FindArgs),
+    /// Show the settings in effect and where each comes from (flag, environment, file).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -100,6 +107,12 @@ enum Command {
     Diff(browse::DiffArgs),
     /// Sizes of snapshots: restore size, unique data, deduplication and compression.
     Stats(browse::StatsArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings and their sources (never a password).
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +196,56 @@ struct ForgetArgs {
     /// Only judge snapshots that match these filters; others are left alone.
     #[command(flatten)]
     filter: SnapshotFilter,
+}
+
+/// The `[forget]` section as a policy; errors name the key.
+fn policy_from_file(section: &config::ForgetSection) -> Result<KeepPolicy> {
+    let count = |key: &str, value: &Option<config::CountValue>| -> Result<Option<Count>> {
+        Ok(match value {
+            None => None,
+            Some(config::CountValue::Number(n)) => Some(Count::Last(*n)),
+            Some(config::CountValue::Word(w)) => Some(
+                w.parse()
+                    .map_err(|e| anyhow::anyhow!("[forget] {key}: {e}"))?,
+            ),
+        })
+    };
+    let span = |key: &str, value: &Option<String>| -> Result<Option<Span>> {
+        value
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("[forget] {key}: {e}"))
+    };
+    let mut policy = KeepPolicy {
+        last: section.keep_last,
+        within: span("keep_within", &section.keep_within)?,
+        tags: section.keep_tags.clone(),
+        ..Default::default()
+    };
+    let counts = [
+        ("keep_hourly", &section.keep_hourly),
+        ("keep_daily", &section.keep_daily),
+        ("keep_weekly", &section.keep_weekly),
+        ("keep_monthly", &section.keep_monthly),
+        ("keep_yearly", &section.keep_yearly),
+    ];
+    let spans = [
+        ("keep_within_hourly", &section.keep_within_hourly),
+        ("keep_within_daily", &section.keep_within_daily),
+        ("keep_within_weekly", &section.keep_within_weekly),
+        ("keep_within_monthly", &section.keep_within_monthly),
+        ("keep_within_yearly", &section.keep_within_yearly),
+    ];
+    for ((period, (ck, cv)), (sk, sv)) in Period::ALL.into_iter().zip(counts).zip(spans) {
+        if let Some(c) = count(ck, cv)? {
+            policy.periods.insert(period, c);
+        }
+        if let Some(s) = span(sk, sv)? {
+            policy.within_periods.insert(period, s);
+        }
+    }
+    Ok(policy)
 }
 
 fn parse_duration(text: &str) -> Result<Span, String> {
@@ -414,12 +477,16 @@ struct CatArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIFEBOAT_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -428,14 +495,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// Where a setting came from, for `config show`.
+fn source_of(matches: &clap::ArgMatches, id: &str, from_file: bool) -> &'static str {
+    match matches.value_source(id) {
+        Some(clap::parser::ValueSource::CommandLine) => "flag",
+        Some(clap::parser::ValueSource::EnvVariable) => "environment",
+        _ if from_file => "config file",
+        _ => "default",
+    }
+}
+
+fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
+    let (file, file_path) = config::load(cli.global.config.as_deref())?;
+    let global = &mut cli.global;
+    let repo_from_file = global.repo.is_none() && file.repository.is_some();
+    if global.repo.is_none() {
+        global.repo = file.repository.clone();
+    }
+    // A password source given by flag or environment wins over both sources in the file.
+    if global.password_file.is_none() && global.password_command.is_none() {
+        global.password_file = file.password_file.clone();
+        global.password_command = file.password_command.clone();
+    }
     let global = &cli.global;
+    if let Command::Config(ConfigCommand::Show) = cli.command {
+        let value = serde_json::json!({
+            "config_file": file_path.as_ref().map(|p| p.display().to_string()),
+            "repository": { "value": global.repo, "source": source_of(matches, "repo", repo_from_file) },
+            "password": {
+                "source": if global.password_command.is_some() { "command" } else if global.password_file.is_some() { "file" } else { "prompt" },
+                "file": global.password_file.as_ref().map(|p| p.display().to_string()),
+            },
+            "backup": file.backup,
+            "forget": file.forget,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     match cli.command {
         Command::Init(args) => init(global, &args),
-        Command::Backup(args) => backup(global, &args),
+        Command::Backup(args) => backup(global, &args, &file.backup),
         Command::Snapshots(filter) => snapshots(global, &filter),
         Command::Tag(args) => tag(global, &args),
         Command::Find(args) => find(global, &args),
+        Command::Config(_) => unreachable!("handled above"),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -448,7 +551,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
         Command::Check(args) => check(global, &args),
-        Command::Forget(args) => forget(global, &args),
+        Command::Forget(args) => forget(global, &args, &file.forget),
         Command::Key(command) => key(global, &command),
         Command::Repair(RepairCommand::Index) => repair_index(global),
         Command::Ls(args) => browse::ls(global, &args),
@@ -519,7 +622,11 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
+fn backup(
+    global: &GlobalArgs,
+    args: &BackupArgs,
+    defaults: &config::BackupSection,
+) -> Result<ExitCode> {
     let mut repo = open(global)?.load_index()?;
     let parent = match &args.parent {
         Some(query) => Some(repo.find_snapshot(query)?.id),
@@ -537,6 +644,7 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
         );
     }
     let mut excludes = args.excludes.clone();
+    excludes.extend(defaults.excludes.iter().cloned());
     for file in &args.exclude_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read --exclude-file {}", file.display()))?;
@@ -553,9 +661,14 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
     let options = BackupOptions {
         paths,
         excludes,
-        exclude_if_present: args.exclude_if_present.clone(),
-        exclude_caches: args.exclude_caches,
-        one_file_system: args.one_file_system,
+        exclude_if_present: args
+            .exclude_if_present
+            .iter()
+            .chain(&defaults.exclude_if_present)
+            .cloned()
+            .collect(),
+        exclude_caches: args.exclude_caches || defaults.exclude_caches,
+        one_file_system: args.one_file_system || defaults.one_file_system,
         tags: args.tags.clone(),
         hostname: args.host.clone().unwrap_or_else(hostname),
         username: username(),
@@ -952,10 +1065,19 @@ fn key(global: &GlobalArgs, command: &KeyCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn forget(global: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
-    let policy = args.policy();
+fn forget(
+    global: &GlobalArgs,
+    args: &ForgetArgs,
+    defaults: &config::ForgetSection,
+) -> Result<ExitCode> {
+    let mut policy = args.policy();
     if policy.is_empty() {
-        bail!("no --keep-* rule given: refusing to forget every snapshot");
+        policy = policy_from_file(defaults)?;
+    }
+    if policy.is_empty() {
+        bail!(
+            "no --keep-* rule given (nor a [forget] policy in the config file): refusing to forget every snapshot"
+        );
     }
     let repo = open(global)?;
     let snapshots: Vec<_> = repo

@@ -41,6 +41,8 @@ impl Env {
             .env("LIFEBOAT_PASSWORD_FILE", self.password_file())
             .env_remove("LIFEBOAT_PASSWORD_COMMAND")
             .env("XDG_CACHE_HOME", self.path("cache"))
+            .env("XDG_CONFIG_HOME", self.path("config-home"))
+            .env_remove("LIFEBOAT_CONFIG")
             .stdin(Stdio::null());
         cmd
     }
@@ -827,4 +829,61 @@ fn interrupt_stops_cleanly_and_keeps_what_was_stored() {
         "{summary}"
     );
     env.run(&["check", "--read-data"]).success();
+}
+
+#[test]
+fn config_file_fills_what_flags_and_environment_leave_unset() {
+    let env = Env::new();
+    let source = env.path("source");
+    write_tree(&source, 2, 100, 8);
+    fs::write(source.join("skip.tmp"), "x").unwrap();
+    env.init();
+    let config = env.path("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "repository = \"{}\"\npassword_file = \"{}\"\n[backup]\nexcludes = [\"*.tmp\"]\n[forget]\nkeep_last = 1\nkeep_weekly = \"forever\"\n",
+            env.repo().display(),
+            env.password_file().display()
+        ),
+    )
+    .unwrap();
+    // Neither repository nor password in the environment: both come from the file.
+    let bare = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("lifeboat").unwrap();
+        cmd.env_remove("LIFEBOAT_REPOSITORY")
+            .env_remove("LIFEBOAT_PASSWORD_FILE")
+            .env_remove("LIFEBOAT_PASSWORD_COMMAND")
+            .env("LIFEBOAT_CONFIG", &config)
+            .env("XDG_CACHE_HOME", env.path("cache"))
+            .stdin(Stdio::null())
+            .args(args);
+        assert_cmd::assert::OutputAssertExt::assert(&mut cmd)
+    };
+    bare(&["backup", &text_of(&source)]).success();
+    bare(&["backup", &text_of(&source)]).success();
+    bare(&["ls", "latest"])
+        .success()
+        .stdout(predicate::str::contains("skip.tmp").not());
+    bare(&["config", "show"]).success().stdout(
+        predicate::str::contains("\"source\": \"config file\"")
+            .and(predicate::str::contains("*.tmp")),
+    );
+    // The environment wins over the file.
+    env.run(&["--config", &text_of(&config), "config", "show"])
+        .success()
+        .stdout(predicate::str::contains("\"source\": \"environment\""));
+    // forget without flags applies the file's policy: the newest snapshot (last 1, weekly).
+    bare(&["forget"])
+        .success()
+        .stdout(predicate::str::contains("1 removed"));
+    assert_eq!(env.snapshots().len(), 1);
+
+    fs::write(&config, "repository = \"/x\"\nunknown_key = 1\n").unwrap();
+    bare(&["snapshots"])
+        .failure()
+        .stderr(predicate::str::contains("not valid"));
+    bare(&["--config", "/no/such/file", "snapshots"])
+        .failure()
+        .stderr(predicate::str::contains("cannot read config file"));
 }
