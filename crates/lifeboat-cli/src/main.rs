@@ -431,6 +431,10 @@ struct BackupArgs {
     /// Back up standard input as one file (e.g. `pg_dump db | lifeboat backup --stdin`).
     #[arg(long, conflicts_with_all = ["paths", "files_from"])]
     stdin: bool,
+    /// Read, chunk, compress and encrypt everything, but store nothing: shows what a backup
+    /// would add.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
     /// Name of the file that holds standard input in the snapshot.
     #[arg(long, default_value = "stdin", requires = "stdin")]
     stdin_filename: String,
@@ -669,6 +673,10 @@ fn backup(
             .collect(),
         exclude_caches: args.exclude_caches || defaults.exclude_caches,
         one_file_system: args.one_file_system || defaults.one_file_system,
+        writer: lifeboat_repo::WriterOptions {
+            dry_run: args.dry_run,
+            ..Default::default()
+        },
         tags: args.tags.clone(),
         hostname: args.host.clone().unwrap_or_else(hostname),
         username: username(),
@@ -746,7 +754,11 @@ fn backup(
             summary.packs_written,
             summary.duration_secs
         );
-        println!("snapshot {} saved", outcome.snapshot_id.short());
+        if args.dry_run {
+            println!("dry run: nothing was stored");
+        } else {
+            println!("snapshot {} saved", outcome.snapshot_id.short());
+        }
     }
     if outcome.warnings.is_empty() {
         Ok(ExitCode::SUCCESS)

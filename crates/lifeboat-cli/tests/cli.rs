@@ -629,6 +629,35 @@ fn backup_inputs_stdin_files_from_and_excludes() {
         .stderr(predicate::str::contains("plain name"));
 
     let source = env.path("source");
+    write_tree(&source.join("dry"), 3, 20_000, 9);
+    let packs_before = count_files(&env.repo().join("data"));
+    let out = env
+        .cmd()
+        .args([
+            "backup",
+            "--dry-run",
+            "--json",
+            &text_of(&source.join("dry")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        summary["summary"]["bytes_added"].as_u64().unwrap() >= 60_000,
+        "{summary}"
+    );
+    assert_eq!(
+        count_files(&env.repo().join("data")),
+        packs_before,
+        "a dry run stores nothing"
+    );
+    assert_eq!(env.snapshots().len(), 1, "and writes no snapshot");
+    fs::remove_dir_all(source.join("dry")).unwrap();
     for dir in ["keep", "skip-marked", "cache", "fake-cache", "other"] {
         fs::create_dir_all(source.join(dir)).unwrap();
         fs::write(source.join(dir).join("data"), dir).unwrap();

@@ -733,6 +733,15 @@ impl Pending {
             program_version: env!("CARGO_PKG_VERSION").to_string(),
             summary: Some(summary),
         };
+        if options.writer.dry_run {
+            // Nothing was stored, so there is nothing to name: the id stays zero.
+            return Ok(BackupOutcome {
+                snapshot_id: Id::default(),
+                snapshot,
+                warnings,
+                requests: repo.storage().request_stats(),
+            });
+        }
         let snapshot_id = repo.save_snapshot(&snapshot)?;
         repo.add_packs(std::mem::take(&mut stats.packs));
         Ok(BackupOutcome {
