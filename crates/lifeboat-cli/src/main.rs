@@ -726,6 +726,7 @@ fn backup(
     let summary = outcome.snapshot.summary.clone().unwrap_or_default();
     if global.json {
         let value = serde_json::json!({
+            "type": "summary",
             "snapshot_id": outcome.snapshot_id,
             "summary": summary,
             "warnings": outcome.warnings,
@@ -771,8 +772,16 @@ fn backup(
     }
 }
 
-fn show_progress(global: &GlobalArgs) -> bool {
-    !global.quiet && !global.json && std::io::stderr().is_terminal()
+fn show_progress(global: &GlobalArgs) -> progress::Mode {
+    if global.quiet {
+        progress::Mode::Off
+    } else if global.json {
+        progress::Mode::Json
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Line
+    } else {
+        progress::Mode::Off
+    }
 }
 
 fn tag(global: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {

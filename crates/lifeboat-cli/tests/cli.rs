@@ -67,6 +67,26 @@ impl Env {
     }
 }
 
+/// The result of a `--json` command: its last line (status lines come before it).
+fn summary_of(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("a JSON result line");
+    let value: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(value["type"], "summary", "{last}");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let status: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
+        assert!(
+            status["type"] == "status" || status["type"] == "summary",
+            "{line}"
+        );
+    }
+    value
+}
+
 fn text_of(path: &Path) -> String {
     path.to_str()
         .expect("temporary paths are UTF-8")
@@ -129,7 +149,7 @@ fn init_backup_snapshots_restore_cat() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary: serde_json::Value = summary_of(&out.stdout);
     assert_eq!(summary["summary"]["files_new"], 6);
     assert!(summary["requests"]["put"].as_u64().unwrap() >= 3);
 
@@ -409,7 +429,7 @@ fn sigkill_during_backup_leaves_a_valid_repository() {
             "{point}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let summary: serde_json::Value = summary_of(&out.stdout);
         let added = summary["summary"]["bytes_added"].as_u64().unwrap();
         eprintln!(
             "kill at {point}: finished={finished} index objects left={indexed}, next backup added {added} bytes"
@@ -646,7 +666,7 @@ fn backup_inputs_stdin_files_from_and_excludes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary: serde_json::Value = summary_of(&out.stdout);
     assert!(
         summary["summary"]["bytes_added"].as_u64().unwrap() >= 60_000,
         "{summary}"
@@ -852,7 +872,7 @@ fn interrupt_stops_cleanly_and_keeps_what_was_stored() {
         .args(["backup", "--json", &text_of(&source)])
         .output()
         .unwrap();
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary: serde_json::Value = summary_of(&out.stdout);
     assert!(
         summary["summary"]["bytes_added"].as_u64().unwrap() < 48 << 20,
         "{summary}"
