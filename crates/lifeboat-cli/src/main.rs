@@ -2,20 +2,28 @@
 //!
 //! Exit codes: 0 success; 1 fatal error (nothing was changed, or the repository is still
 //! valid); 2 bad usage (from clap); 3 partial success (a backup saved a snapshot but some files
-//! could not be read, or a restore finished but some entries could not be restored).
+//! could not be read, or a restore finished but some entries could not be restored); 130
+//! interrupted (a backup stopped by Ctrl-C or SIGTERM: stored data is indexed, no snapshot).
 
+mod browse;
+mod config;
 mod password;
 mod progress;
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use jiff::Span;
 use lifeboat_files::{BackupOptions, BackupProgress, RestoreOptions, RestoreProgress};
+use lifeboat_repo::check::ReadData;
 use lifeboat_repo::repository::KEYS_PREFIX;
+use lifeboat_repo::retention::{self, Count, GroupBy, KeepPolicy, Period};
 use lifeboat_repo::{Id, InitOptions, KdfParams, Repository};
 use lifeboat_storage::Storage;
 
@@ -53,6 +61,9 @@ struct GlobalArgs {
     /// Print less (no progress, no summaries).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Configuration file (default: ~/.config/lifeboat/config.toml if it exists).
+    #[arg(long, env = "LIFEBOAT_CONFIG", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +73,19 @@ enum Command {
     /// Back up files and directories into a new snapshot.
     Backup(BackupArgs),
     /// List snapshots.
-    Snapshots,
+    Snapshots(SnapshotFilter),
+    /// Add, remove or replace the tags of snapshots.
+    Tag(TagArgs),
+    /// Find entries whose name matches a glob, in every snapshot (or the filtered ones).
+    Find(FindArgs),
+    /// Show the settings in effect and where each comes from (flag, environment, file).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Restore a snapshot, whole or in part, into a directory.
     Restore(RestoreArgs),
     /// Print a repository object, decrypted, for debugging.
@@ -70,6 +93,310 @@ enum Command {
     /// Copy snapshots to a second repository (created with `init --copy-content-keys-from`),
     /// transferring only the blobs it lacks.
     Copy(CopyArgs),
+    /// Verify the repository: structure always; pack data in full or in rotating subsets.
+    Check(CheckArgs),
+    /// Remove snapshots that a retention policy does not keep (their data is freed by prune).
+    Forget(Box<ForgetArgs>),
+    /// Manage the passwords (key files) that open the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Repair the repository.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+    /// List the entries of a snapshot (recursively), optionally below a path.
+    Ls(browse::LsArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(browse::DumpArgs),
+    /// Show what changed between two snapshots (+ added, - removed, M modified, U metadata).
+    Diff(browse::DiffArgs),
+    /// Sizes of snapshots: restore size, unique data, deduplication and compression.
+    Stats(browse::StatsArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings and their sources (never a password).
+    Show,
+}
+
+#[derive(Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the pack headers (after lost or damaged index objects, or to take
+    /// in packs that interrupted backups stored but never indexed).
+    Index,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// List key files: id, creation time, host and user.
+    List,
+    /// Add a password. The new one comes from --new-password-file or a prompt.
+    Add(NewPasswordArgs),
+    /// Remove a key file (never the last one).
+    Remove {
+        /// Key id or unique prefix.
+        id: String,
+    },
+    /// Change the password used now: adds a key with the new password, then removes this one.
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Args)]
+struct NewPasswordArgs {
+    /// File whose first line is the new password.
+    #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE")]
+    new_password_file: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    insecure_kdf_for_tests: bool,
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours with snapshots (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_hourly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N days (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_daily: Option<Count>,
+    /// Keep the newest snapshot of each of the last N ISO weeks (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_weekly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N months (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_monthly: Option<Count>,
+    /// Keep the newest snapshot of each of the last N years (or `forever`).
+    #[arg(long, value_name = "N|forever")]
+    keep_yearly: Option<Count>,
+    /// Keep every snapshot within this long of the newest one (e.g. `7d`, `12h`, `1y6m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<Span>,
+    /// Keep the newest snapshot of each hour within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_hourly: Option<Span>,
+    /// Keep the newest snapshot of each day within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_daily: Option<Span>,
+    /// Keep the newest snapshot of each week within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_weekly: Option<Span>,
+    /// Keep the newest snapshot of each month within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_monthly: Option<Span>,
+    /// Keep the newest snapshot of each year within this long of the newest snapshot.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within_yearly: Option<Span>,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Judge snapshots in groups of these properties: host, paths, tags (comma-separated).
+    #[arg(long, default_value = "host,paths", value_parser = parse_group_by)]
+    group_by: GroupBy,
+    /// Show what would be kept and removed, and why, without removing anything.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Only judge snapshots that match these filters; others are left alone.
+    #[command(flatten)]
+    filter: SnapshotFilter,
+}
+
+/// The `[forget]` section as a policy; errors name the key.
+fn policy_from_file(section: &config::ForgetSection) -> Result<KeepPolicy> {
+    let count = |key: &str, value: &Option<config::CountValue>| -> Result<Option<Count>> {
+        Ok(match value {
+            None => None,
+            Some(config::CountValue::Number(n)) => Some(Count::Last(*n)),
+            Some(config::CountValue::Word(w)) => Some(
+                w.parse()
+                    .map_err(|e| anyhow::anyhow!("[forget] {key}: {e}"))?,
+            ),
+        })
+    };
+    let span = |key: &str, value: &Option<String>| -> Result<Option<Span>> {
+        value
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("[forget] {key}: {e}"))
+    };
+    let mut policy = KeepPolicy {
+        last: section.keep_last,
+        within: span("keep_within", &section.keep_within)?,
+        tags: section.keep_tags.clone(),
+        ..Default::default()
+    };
+    let counts = [
+        ("keep_hourly", &section.keep_hourly),
+        ("keep_daily", &section.keep_daily),
+        ("keep_weekly", &section.keep_weekly),
+        ("keep_monthly", &section.keep_monthly),
+        ("keep_yearly", &section.keep_yearly),
+    ];
+    let spans = [
+        ("keep_within_hourly", &section.keep_within_hourly),
+        ("keep_within_daily", &section.keep_within_daily),
+        ("keep_within_weekly", &section.keep_within_weekly),
+        ("keep_within_monthly", &section.keep_within_monthly),
+        ("keep_within_yearly", &section.keep_within_yearly),
+    ];
+    for ((period, (ck, cv)), (sk, sv)) in Period::ALL.into_iter().zip(counts).zip(spans) {
+        if let Some(c) = count(ck, cv)? {
+            policy.periods.insert(period, c);
+        }
+        if let Some(s) = span(sk, sv)? {
+            policy.within_periods.insert(period, s);
+        }
+    }
+    Ok(policy)
+}
+
+fn parse_duration(text: &str) -> Result<Span, String> {
+    lifeboat_repo::retention::parse_duration(text)
+}
+
+fn parse_group_by(text: &str) -> Result<GroupBy, String> {
+    let mut by = GroupBy {
+        host: false,
+        paths: false,
+        tags: false,
+    };
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "host" => by.host = true,
+            "paths" => by.paths = true,
+            "tags" => by.tags = true,
+            other => {
+                return Err(format!(
+                    "cannot group by {other:?}: use host, paths or tags"
+                ));
+            }
+        }
+    }
+    Ok(by)
+}
+
+impl ForgetArgs {
+    fn policy(&self) -> KeepPolicy {
+        let mut policy = KeepPolicy {
+            last: self.keep_last,
+            within: self.keep_within,
+            tags: self.keep_tags.clone(),
+            ..Default::default()
+        };
+        let counts = [
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ];
+        let spans = [
+            self.keep_within_hourly,
+            self.keep_within_daily,
+            self.keep_within_weekly,
+            self.keep_within_monthly,
+            self.keep_within_yearly,
+        ];
+        for ((period, count), span) in Period::ALL.into_iter().zip(counts).zip(spans) {
+            if let Some(count) = count {
+                policy.periods.insert(period, count);
+            }
+            if let Some(span) = span {
+                policy.within_periods.insert(period, span);
+            }
+        }
+        policy
+    }
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Download every pack and decrypt and verify every blob.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    read_data: bool,
+    /// Verify part of the data: `5%` (least recently verified packs first, so repeated runs
+    /// cover everything) or `n/m` (a fixed part n of m).
+    #[arg(long, value_name = "SUBSET", value_parser = parse_subset)]
+    read_data_subset: Option<ReadData>,
+}
+
+fn parse_subset(text: &str) -> Result<ReadData, String> {
+    if let Some(percent) = text.strip_suffix('%') {
+        let value: f64 = percent
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a percentage"))?;
+        if !(value > 0.0 && value <= 100.0) {
+            return Err("the percentage must be above 0 and at most 100".to_string());
+        }
+        return Ok(ReadData::Fraction(value / 100.0));
+    }
+    if let Some((n, m)) = text.split_once('/') {
+        let (n, m): (u32, u32) = (
+            n.trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not n/m"))?,
+            m.trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not n/m"))?,
+        );
+        if n == 0 || m == 0 || n > m {
+            return Err("n/m needs 1 <= n <= m".to_string());
+        }
+        return Ok(ReadData::Part { n, m });
+    }
+    Err(format!(
+        "{text:?}: use a percentage such as 5% or a part such as 1/10"
+    ))
+}
+
+/// Snapshot filters shared by commands that work on several snapshots.
+#[derive(Args, Clone, Default)]
+struct SnapshotFilter {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Only snapshots with this tag (repeatable: any of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only snapshots that include this path (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    fn matches(&self, s: &lifeboat_repo::Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&s.hostname))
+            && (self.tags.is_empty() || self.tags.iter().any(|t| s.tags.contains(t)))
+            && (self.paths.is_empty() || self.paths.iter().all(|p| s.paths.contains(p)))
+    }
+}
+
+#[derive(Args)]
+struct TagArgs {
+    /// Snapshots to change (ids, prefixes or `latest`); none: all that match the filter.
+    snapshots: Vec<String>,
+    #[command(flatten)]
+    filter: SnapshotFilter,
+    /// Add this tag (repeatable).
+    #[arg(long = "add", value_name = "TAG")]
+    add: Vec<String>,
+    /// Remove this tag (repeatable).
+    #[arg(long = "remove", value_name = "TAG")]
+    remove: Vec<String>,
+    /// Replace all tags with these (repeatable; `--set ''` clears them).
+    #[arg(long = "set", value_name = "TAG", conflicts_with_all = ["add", "remove"])]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct FindArgs {
+    /// Glob matched against entry names (`*.toml`), or against whole paths if it holds a `/`.
+    pattern: String,
+    #[command(flatten)]
+    filter: SnapshotFilter,
 }
 
 #[derive(Args)]
@@ -122,8 +449,33 @@ struct CopyArgs {
 #[derive(Args)]
 struct BackupArgs {
     /// Files and directories to back up.
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["files_from", "stdin"])]
     paths: Vec<PathBuf>,
+    /// Read more paths to back up from this file, one per line (repeatable).
+    #[arg(long, value_name = "FILE")]
+    files_from: Vec<PathBuf>,
+    /// Read exclude patterns from this file, one per line; `#` starts a comment (repeatable).
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+    /// Skip directories that contain a file of this name, e.g. `.nobackup` (repeatable).
+    #[arg(long, value_name = "NAME")]
+    exclude_if_present: Vec<String>,
+    /// Skip directories tagged as caches (`CACHEDIR.TAG` with the standard signature).
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Stay on the filesystems of the given paths (mount points are kept, empty).
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Back up standard input as one file (e.g. `pg_dump db | lifeboat backup --stdin`).
+    #[arg(long, conflicts_with_all = ["paths", "files_from"])]
+    stdin: bool,
+    /// Read, chunk, compress and encrypt everything, but store nothing: shows what a backup
+    /// would add.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Name of the file that holds standard input in the snapshot.
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    stdin_filename: String,
     /// Label the snapshot (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -167,12 +519,16 @@ struct CatArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIFEBOAT_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -181,15 +537,70 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// Where a setting came from, for `config show`.
+fn source_of(matches: &clap::ArgMatches, id: &str, from_file: bool) -> &'static str {
+    match matches.value_source(id) {
+        Some(clap::parser::ValueSource::CommandLine) => "flag",
+        Some(clap::parser::ValueSource::EnvVariable) => "environment",
+        _ if from_file => "config file",
+        _ => "default",
+    }
+}
+
+fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
+    let (file, file_path) = config::load(cli.global.config.as_deref())?;
+    let global = &mut cli.global;
+    let repo_from_file = global.repo.is_none() && file.repository.is_some();
+    if global.repo.is_none() {
+        global.repo = file.repository.clone();
+    }
+    // A password source given by flag or environment wins over both sources in the file.
+    if global.password_file.is_none() && global.password_command.is_none() {
+        global.password_file = file.password_file.clone();
+        global.password_command = file.password_command.clone();
+    }
     let global = &cli.global;
+    if let Command::Config(ConfigCommand::Show) = cli.command {
+        let value = serde_json::json!({
+            "config_file": file_path.as_ref().map(|p| p.display().to_string()),
+            "repository": { "value": global.repo, "source": source_of(matches, "repo", repo_from_file) },
+            "password": {
+                "source": if global.password_command.is_some() { "command" } else if global.password_file.is_some() { "file" } else { "prompt" },
+                "file": global.password_file.as_ref().map(|p| p.display().to_string()),
+            },
+            "backup": file.backup,
+            "forget": file.forget,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     match cli.command {
         Command::Init(args) => init(global, &args),
-        Command::Backup(args) => backup(global, &args),
-        Command::Snapshots => snapshots(global),
+        Command::Backup(args) => backup(global, &args, &file.backup),
+        Command::Snapshots(filter) => snapshots(global, &filter),
+        Command::Tag(args) => tag(global, &args),
+        Command::Find(args) => find(global, &args),
+        Command::Config(_) => unreachable!("handled above"),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "lifeboat",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
         Command::Copy(args) => copy(global, &args),
+        Command::Check(args) => check(global, &args),
+        Command::Forget(args) => forget(global, &args, &file.forget),
+        Command::Key(command) => key(global, &command),
+        Command::Repair(RepairCommand::Index) => repair_index(global),
+        Command::Ls(args) => browse::ls(global, &args),
+        Command::Dump(args) => browse::dump(global, &args),
+        Command::Diff(args) => browse::diff(global, &args),
+        Command::Stats(args) => browse::stats(global, &args),
     }
 }
 
@@ -226,13 +637,12 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
     let storage = Storage::create(location(global)?)?;
     let content_keys = match &args.copy_content_keys_from {
         Some(from) => {
-            let other = GlobalArgs {
-                repo: Some(from.clone()),
-                password_file: args.from.from_password_file.clone(),
-                password_command: args.from.from_password_command.clone(),
-                json: global.json,
-                quiet: global.quiet,
-            };
+            let other = other_repository(
+                global,
+                from,
+                args.from.from_password_file.clone(),
+                args.from.from_password_command.clone(),
+            );
             let source = open(&other)
                 .with_context(|| format!("cannot open {from} to copy its content keys"))?;
             Some(source.config().content_keys.clone())
@@ -270,15 +680,57 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
+fn backup(
+    global: &GlobalArgs,
+    args: &BackupArgs,
+    defaults: &config::BackupSection,
+) -> Result<ExitCode> {
     let mut repo = open(global)?.load_index()?;
     let parent = match &args.parent {
         Some(query) => Some(repo.find_snapshot(query)?.id),
         None => None,
     };
+    let mut paths = args.paths.clone();
+    for file in &args.files_from {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --files-from {}", file.display()))?;
+        paths.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(PathBuf::from),
+        );
+    }
+    let mut excludes = args.excludes.clone();
+    excludes.extend(defaults.excludes.iter().cloned());
+    for file in &args.exclude_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --exclude-file {}", file.display()))?;
+        excludes.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    if !args.stdin && paths.is_empty() {
+        bail!("nothing to back up: the --files-from files list no paths");
+    }
     let options = BackupOptions {
-        paths: args.paths.clone(),
-        excludes: args.excludes.clone(),
+        paths,
+        excludes,
+        exclude_if_present: args
+            .exclude_if_present
+            .iter()
+            .chain(&defaults.exclude_if_present)
+            .cloned()
+            .collect(),
+        exclude_caches: args.exclude_caches || defaults.exclude_caches,
+        one_file_system: args.one_file_system || defaults.one_file_system,
+        writer: lifeboat_repo::WriterOptions {
+            dry_run: args.dry_run,
+            ..Default::default()
+        },
         tags: args.tags.clone(),
         hostname: args.host.clone().unwrap_or_else(hostname),
         username: username(),
@@ -287,16 +739,48 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let progress = Arc::new(BackupProgress::default());
+    {
+        // First Ctrl-C (or SIGTERM): stop cleanly, keeping what is stored; a second one quits.
+        let progress = progress.clone();
+        let _ = ctrlc::set_handler(move || {
+            if progress
+                .cancel
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping: finishing the packs in flight (press Ctrl-C again to quit at once)"
+            );
+        });
+    }
     let display = progress::start_backup(progress.clone(), show_progress(global));
-    let outcome = lifeboat_files::backup(&mut repo, &options, &progress);
+    let outcome = if args.stdin {
+        lifeboat_files::backup_stream(
+            &mut repo,
+            std::io::stdin().lock(),
+            &args.stdin_filename,
+            &options,
+            &progress,
+        )
+    } else {
+        lifeboat_files::backup(&mut repo, &options, &progress)
+    };
     display.stop();
-    let outcome = outcome?;
+    let outcome = match outcome {
+        Err(e @ lifeboat_files::Error::Cancelled { .. }) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
     let summary = outcome.snapshot.summary.clone().unwrap_or_default();
     if global.json {
         let value = serde_json::json!({
+            "type": "summary",
             "snapshot_id": outcome.snapshot_id,
             "summary": summary,
             "warnings": outcome.warnings,
@@ -325,7 +809,11 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
             summary.packs_written,
             summary.duration_secs
         );
-        println!("snapshot {} saved", outcome.snapshot_id.short());
+        if args.dry_run {
+            println!("dry run: nothing was stored");
+        } else {
+            println!("snapshot {} saved", outcome.snapshot_id.short());
+        }
     }
     if outcome.warnings.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -338,16 +826,140 @@ fn backup(global: &GlobalArgs, args: &BackupArgs) -> Result<ExitCode> {
     }
 }
 
-fn show_progress(global: &GlobalArgs) -> bool {
-    !global.quiet && !global.json && std::io::stderr().is_terminal()
+fn show_progress(global: &GlobalArgs) -> progress::Mode {
+    if global.quiet {
+        progress::Mode::Off
+    } else if global.json {
+        progress::Mode::Json
+    } else if std::io::stderr().is_terminal() {
+        progress::Mode::Line
+    } else {
+        progress::Mode::Off
+    }
 }
 
-fn snapshots(global: &GlobalArgs) -> Result<ExitCode> {
+fn tag(global: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
+    if args.add.is_empty() && args.remove.is_empty() && args.set.is_empty() {
+        bail!("nothing to change: use --add, --remove or --set");
+    }
     let repo = open(global)?;
-    let all = repo.snapshots()?;
+    let chosen: Vec<lifeboat_repo::SnapshotEntry> = if args.snapshots.is_empty() {
+        repo.snapshots()?
+            .into_iter()
+            .filter(|s| args.filter.matches(&s.snapshot))
+            .collect()
+    } else {
+        args.snapshots
+            .iter()
+            .map(|q| repo.find_snapshot(q))
+            .collect::<Result<_, _>>()?
+    };
+    let mut changed = 0;
+    for entry in chosen {
+        let mut snapshot = entry.snapshot.clone();
+        if args.set.is_empty() {
+            snapshot.tags.retain(|t| !args.remove.contains(t));
+            for tag in &args.add {
+                if !snapshot.tags.contains(tag) {
+                    snapshot.tags.push(tag.clone());
+                }
+            }
+        } else {
+            snapshot.tags = args.set.iter().filter(|t| !t.is_empty()).cloned().collect();
+        }
+        if snapshot.tags == entry.snapshot.tags {
+            continue;
+        }
+        // Snapshots are immutable objects: write the changed one, then remove the old one, so
+        // an interruption leaves both rather than neither.
+        let id = repo.save_snapshot(&snapshot)?;
+        repo.forget_snapshot(&entry.id)?;
+        changed += 1;
+        if !global.quiet {
+            println!(
+                "snapshot {} is now {} with tags [{}]",
+                entry.id.short(),
+                id.short(),
+                snapshot.tags.join(", ")
+            );
+        }
+    }
+    if !global.quiet {
+        println!("{changed} snapshots changed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find(global: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
+    let glob = globset::GlobBuilder::new(&args.pattern)
+        .literal_separator(true)
+        .build()
+        .with_context(|| format!("invalid pattern {:?}", args.pattern))?
+        .compile_matcher();
+    let whole_path = args.pattern.contains('/');
+    let repo = open(global)?.load_index()?;
+    let mut found = 0u64;
+    let mut out = std::io::stdout().lock();
+    for entry in repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| args.filter.matches(&s.snapshot))
+    {
+        let mut hits = Vec::new();
+        lifeboat_repo::browse::walk(
+            &repo,
+            &entry.snapshot.tree,
+            std::path::Path::new("/"),
+            &mut |path, node| {
+                let subject = if whole_path {
+                    path
+                } else {
+                    std::path::Path::new(std::ffi::OsStr::from_bytes(&node.name.0))
+                };
+                if glob.is_match(subject) {
+                    hits.push((path.to_path_buf(), node.kind, node.size));
+                }
+                Ok(true)
+            },
+        )?;
+        for (path, kind, size) in hits {
+            found += 1;
+            if global.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "snapshot": entry.id, "path": path.to_string_lossy(), "kind": kind, "size": size })
+                )?;
+            } else {
+                writeln!(out, "{}  {}", entry.id.short(), path.display())?;
+            }
+        }
+    }
+    if found == 0 {
+        eprintln!("no entry matches {:?}", args.pattern);
+        return Ok(ExitCode::from(EXIT_PARTIAL));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshots(global: &GlobalArgs, filter: &SnapshotFilter) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let (all, unreadable) = repo.readable_snapshots()?;
+    let all: Vec<_> = all
+        .into_iter()
+        .filter(|s| filter.matches(&s.snapshot))
+        .collect();
+    for (id, error) in &unreadable {
+        eprintln!("error: snapshot {id} cannot be read: {error}");
+    }
+    let code = if unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    };
     if global.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -374,7 +986,7 @@ fn snapshots(global: &GlobalArgs) -> Result<ExitCode> {
         )?;
     }
     writeln!(out, "{} snapshots", all.len())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
@@ -423,6 +1035,260 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_PARTIAL)
     })
+}
+
+fn repair_index(global: &GlobalArgs) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let report = lifeboat_repo::repair::rebuild_index(&repo)?;
+    for (id, reason) in &report.unreadable_packs {
+        eprintln!("warning: pack {id} left out: {reason}");
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !global.quiet {
+        println!(
+            "indexed {} blobs in {} packs into {} index objects; removed {} old index objects",
+            report.blobs_indexed,
+            report.packs_indexed,
+            report.index_files_written,
+            report.index_files_removed
+        );
+    }
+    Ok(if report.unreadable_packs.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+fn key(global: &GlobalArgs, command: &KeyCommand) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let new_password = |args: &NewPasswordArgs| -> Result<(password::Password, KdfParams)> {
+        let password = password::obtain_new(args.new_password_file.as_deref())?;
+        let kdf = if args.insecure_kdf_for_tests {
+            KdfParams::insecure_for_tests()
+        } else {
+            KdfParams::default()
+        };
+        Ok((password, kdf))
+    };
+    match command {
+        KeyCommand::List => {
+            let keys = repo.keys()?;
+            if global.json {
+                let list: Vec<_> = keys
+                    .iter()
+                    .map(|(id, k)| {
+                        serde_json::json!({
+                            "id": id, "current": *id == repo.key_id(), "created": k.created,
+                            "hostname": k.hostname, "username": k.username,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for (id, k) in &keys {
+                    let mark = if *id == repo.key_id() { "*" } else { " " };
+                    println!(
+                        "{mark} {}  {}  {}@{}",
+                        id.short(),
+                        k.created,
+                        k.username,
+                        k.hostname
+                    );
+                }
+            }
+        }
+        KeyCommand::Add(args) => {
+            let (password, kdf) = new_password(args)?;
+            let id = repo.add_key(password.as_bytes(), kdf, &hostname(), &username())?;
+            if !global.quiet {
+                println!("added key {}", id.short());
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let matches: Vec<Id> = repo
+                .keys()?
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| k.to_hex().starts_with(id.as_str()))
+                .collect();
+            let [target] = matches[..] else {
+                bail!(
+                    "{id:?} matches {} keys; give a longer prefix (see `lifeboat key list`)",
+                    matches.len()
+                );
+            };
+            repo.remove_key(&target)?;
+            if !global.quiet {
+                println!("removed key {}", target.short());
+            }
+        }
+        KeyCommand::Passwd(args) => {
+            let (password, kdf) = new_password(args)?;
+            let id = repo.add_key(password.as_bytes(), kdf, &hostname(), &username())?;
+            repo.remove_key(&repo.key_id())?;
+            if !global.quiet {
+                println!(
+                    "password changed: key {} replaces {}",
+                    id.short(),
+                    repo.key_id().short()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn forget(
+    global: &GlobalArgs,
+    args: &ForgetArgs,
+    defaults: &config::ForgetSection,
+) -> Result<ExitCode> {
+    let mut policy = args.policy();
+    if policy.is_empty() {
+        policy = policy_from_file(defaults)?;
+    }
+    if policy.is_empty() {
+        bail!(
+            "no --keep-* rule given (nor a [forget] policy in the config file): refusing to forget every snapshot"
+        );
+    }
+    let repo = open(global)?;
+    let snapshots: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|s| args.filter.matches(&s.snapshot))
+        .collect();
+    let decisions = retention::apply(
+        &snapshots,
+        &policy,
+        args.group_by,
+        &jiff::tz::TimeZone::system(),
+    );
+    let removed: Vec<_> = decisions.iter().filter(|d| !d.keep).collect();
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&decisions)?);
+    } else if !global.quiet {
+        let by_id: HashMap<Id, &lifeboat_repo::SnapshotEntry> =
+            snapshots.iter().map(|s| (s.id, s)).collect();
+        let mut out = std::io::stdout().lock();
+        let mut group = None;
+        for decision in &decisions {
+            if group != Some(&decision.group) {
+                writeln!(out, "{}:", decision.group)?;
+                group = Some(&decision.group);
+            }
+            let snapshot = &by_id[&decision.id].snapshot;
+            let time = snapshot
+                .time
+                .to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S");
+            let verdict = if decision.keep { "keep" } else { "remove" };
+            writeln!(
+                out,
+                "  {}  {time}  {verdict:<6}  {}",
+                decision.id.short(),
+                decision.reasons.join(", ")
+            )?;
+        }
+        writeln!(
+            out,
+            "{} snapshots: {} kept, {} {}",
+            decisions.len(),
+            decisions.len() - removed.len(),
+            removed.len(),
+            if args.dry_run {
+                "would be removed (dry run)"
+            } else {
+                "removed"
+            }
+        )?;
+    }
+    if !args.dry_run {
+        for decision in &removed {
+            repo.forget_snapshot(&decision.id)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the record of verified packs lives: the user's cache, one file per repository.
+fn verified_record(repo_id: &Id) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(
+        base.join("lifeboat")
+            .join(repo_id.to_hex())
+            .join("verified-packs.json"),
+    )
+}
+
+fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
+    let repo = open(global)?.load_index()?;
+    let read = match (args.read_data, args.read_data_subset) {
+        (true, _) => ReadData::All,
+        (false, Some(subset)) => subset,
+        (false, None) => ReadData::None,
+    };
+    let record_path = verified_record(&repo.config().id);
+    let mut record: HashMap<Id, i64> = record_path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let report = lifeboat_repo::check::check(&repo, read, &record)?;
+    if !report.verified.is_empty()
+        && let Some(path) = &record_path
+    {
+        let now = jiff::Timestamp::now().as_second();
+        for id in &report.verified {
+            record.insert(*id, now);
+        }
+        // The record only steers which packs go first next time: failing to keep it is not
+        // worth failing the check for.
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(path, serde_json::to_vec(&record)?) {
+            eprintln!(
+                "warning: cannot record verified packs in {}: {e}",
+                path.display()
+            );
+        }
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !global.quiet {
+        println!(
+            "checked {} snapshots, {} trees, {} packs; read {} packs ({}), verified {} blobs",
+            report.snapshots,
+            report.trees,
+            report.packs,
+            report.packs_read,
+            bytes(report.bytes_read),
+            report.blobs_verified
+        );
+        if !report.unindexed_packs.is_empty() {
+            println!(
+                "{} packs are not in any index (left by interrupted backups; harmless, prune removes them)",
+                report.unindexed_packs.len()
+            );
+        }
+    }
+    for problem in &report.errors {
+        eprintln!("error: {}: {}", problem.object, problem.message);
+    }
+    if report.is_clean() {
+        if !global.quiet && !global.json {
+            println!("no errors found");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("check found {} problems", report.errors.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn parse_id(id: Option<&String>) -> Result<Id> {
@@ -482,6 +1348,24 @@ fn cat(global: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Global arguments for a second repository (`init --copy-content-keys-from`, `copy --to`):
+/// its own location and password source, the rest as given.
+fn other_repository(
+    global: &GlobalArgs,
+    repo: &str,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+) -> GlobalArgs {
+    GlobalArgs {
+        repo: Some(repo.to_string()),
+        password_file,
+        password_command,
+        json: global.json,
+        quiet: global.quiet,
+        config: global.config.clone(),
+    }
+}
+
 fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
     let source = open(global)?.load_index()?;
     if args.to_password_file.is_none()
@@ -490,13 +1374,12 @@ fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
     {
         eprintln!("destination repository {}:", args.to);
     }
-    let to = GlobalArgs {
-        repo: Some(args.to.clone()),
-        password_file: args.to_password_file.clone(),
-        password_command: args.to_password_command.clone(),
-        json: global.json,
-        quiet: global.quiet,
-    };
+    let to = other_repository(
+        global,
+        &args.to,
+        args.to_password_file.clone(),
+        args.to_password_command.clone(),
+    );
     let destination = open(&to).with_context(|| {
         format!(
             "cannot open the destination {}; create it with `lifeboat --repo {} init \

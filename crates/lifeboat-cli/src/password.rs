@@ -22,6 +22,30 @@ fn first_line(text: String) -> Zeroizing<String> {
     Zeroizing::new(text.lines().next().unwrap_or_default().to_string())
 }
 
+/// Gets a new password (for `key add` and `key passwd`) from a file or, on a terminal, twice
+/// from the prompt.
+pub fn obtain_new(file: Option<&std::path::Path>) -> Result<Password> {
+    let password = match file {
+        Some(path) => first_line(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read new password file {}", path.display()))?,
+        ),
+        None if std::io::stdin().is_terminal() => {
+            let first = Zeroizing::new(rpassword::prompt_password("new password: ")?);
+            let again = Zeroizing::new(rpassword::prompt_password("repeat new password: ")?);
+            if *first != *again {
+                bail!("the passwords differ");
+            }
+            first
+        }
+        None => bail!("no new password given: use --new-password-file or run on a terminal"),
+    };
+    if password.is_empty() {
+        bail!("the new password is empty");
+    }
+    Ok(Password(password))
+}
+
 /// Gets the password; `new` asks twice on a terminal (for `init`).
 pub fn obtain(global: &GlobalArgs, new: bool) -> Result<Password> {
     let password = if let Some(command) = &global.password_command {

@@ -27,55 +27,114 @@ impl Display {
     }
 }
 
-fn start(enabled: bool, line: impl Fn(Duration) -> String + Send + 'static) -> Display {
+/// How progress is shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing (quiet, or not a terminal).
+    Off,
+    /// One line on standard error, redrawn.
+    Line,
+    /// A JSON status object per second on standard output (`--json`); the final result is the
+    /// last line.
+    Json,
+}
+
+fn start(
+    mode: Mode,
+    line: impl Fn(Duration) -> String + Send + 'static,
+    json: impl Fn(Duration) -> serde_json::Value + Send + 'static,
+) -> Display {
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = enabled.then(|| {
+    let thread = (mode != Mode::Off).then(|| {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
+            let period = if mode == Mode::Json {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(200)
+            };
+            let mut next = started + period;
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(200));
-                let mut text = line(started.elapsed());
-                text.truncate(150);
-                eprint!("\r\x1b[2K{text}");
-                let _ = std::io::stderr().flush();
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() < next {
+                    continue;
+                }
+                next += period;
+                if mode == Mode::Json {
+                    println!("{}", json(started.elapsed()));
+                } else {
+                    let mut text = line(started.elapsed());
+                    text.truncate(150);
+                    eprint!("\r\x1b[2K{text}");
+                    let _ = std::io::stderr().flush();
+                }
             }
-            eprint!("\r\x1b[2K");
+            if mode == Mode::Line {
+                eprint!("\r\x1b[2K");
+            }
         })
     });
     Display { stop, thread }
 }
 
-pub fn start_backup(progress: Arc<BackupProgress>, enabled: bool) -> Display {
-    start(enabled, move |elapsed| {
-        let read = progress.bytes_read.load(Ordering::Relaxed);
-        let rate = read as f64 / elapsed.as_secs_f64().max(0.001);
-        format!(
-            "[{:>5.0}s] {} files, {} read ({}/s), {} errors  {}",
-            elapsed.as_secs_f64(),
-            progress.files_done.load(Ordering::Relaxed),
-            bytes(read),
-            bytes(rate as u64),
-            progress.errors.load(Ordering::Relaxed),
-            progress.current.lock().display()
-        )
-    })
+pub fn start_backup(progress: Arc<BackupProgress>, mode: Mode) -> Display {
+    let p = progress.clone();
+    start(
+        mode,
+        move |elapsed| {
+            let read = progress.bytes_read.load(Ordering::Relaxed);
+            let rate = read as f64 / elapsed.as_secs_f64().max(0.001);
+            format!(
+                "[{:>5.0}s] {} files, {} read ({}/s), {} errors  {}",
+                elapsed.as_secs_f64(),
+                progress.files_done.load(Ordering::Relaxed),
+                bytes(read),
+                bytes(rate as u64),
+                progress.errors.load(Ordering::Relaxed),
+                progress.current.lock().display()
+            )
+        },
+        move |elapsed| {
+            serde_json::json!({
+                "type": "status",
+                "seconds": elapsed.as_secs_f64(),
+                "files_done": p.files_done.load(Ordering::Relaxed),
+                "bytes_read": p.bytes_read.load(Ordering::Relaxed),
+                "errors": p.errors.load(Ordering::Relaxed),
+                "current": p.current.lock().display().to_string(),
+            })
+        },
+    )
 }
 
-pub fn start_restore(progress: Arc<RestoreProgress>, enabled: bool) -> Display {
-    start(enabled, move |elapsed| {
-        let done = progress.bytes_done.load(Ordering::Relaxed);
-        let total = progress.bytes_total.load(Ordering::Relaxed).max(1);
-        let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-        let eta = (total.saturating_sub(done)) as f64 / rate.max(1.0);
-        format!(
-            "[{:>5.0}s] {} of {} ({:.0}%), {}/s, ETA {:.0}s",
-            elapsed.as_secs_f64(),
-            bytes(done),
-            bytes(total),
-            100.0 * done as f64 / total as f64,
-            bytes(rate as u64),
-            eta
-        )
-    })
+pub fn start_restore(progress: Arc<RestoreProgress>, mode: Mode) -> Display {
+    let p = progress.clone();
+    start(
+        mode,
+        move |elapsed| {
+            let done = progress.bytes_done.load(Ordering::Relaxed);
+            let total = progress.bytes_total.load(Ordering::Relaxed).max(1);
+            let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+            let eta = (total.saturating_sub(done)) as f64 / rate.max(1.0);
+            format!(
+                "[{:>5.0}s] {} of {} ({:.0}%), {}/s, ETA {:.0}s",
+                elapsed.as_secs_f64(),
+                bytes(done),
+                bytes(total),
+                100.0 * done as f64 / total as f64,
+                bytes(rate as u64),
+                eta
+            )
+        },
+        move |elapsed| {
+            serde_json::json!({
+                "type": "status",
+                "seconds": elapsed.as_secs_f64(),
+                "bytes_done": p.bytes_done.load(Ordering::Relaxed),
+                "bytes_total": p.bytes_total.load(Ordering::Relaxed),
+                "packs_done": p.packs_done.load(Ordering::Relaxed),
+            })
+        },
+    )
 }

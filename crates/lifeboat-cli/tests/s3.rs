@@ -161,6 +161,8 @@ fn init_backup_restore_on_s3_reports_requests() {
     // Packs, at least one index object and the snapshot: nothing is written twice.
     assert!(puts > packs && puts <= packs + 4, "{outcome}");
     restore_and_compare(&env, &repo, "password", "latest", &source);
+    let (stdout, _) = run(env.cmd(&repo).args(["check", "--read-data"]));
+    println!("{stdout}");
     let snapshots = json(env.cmd(&repo).arg("snapshots"));
     assert_eq!(snapshots.as_array().unwrap().len(), 1);
 }
@@ -222,6 +224,9 @@ fn copy_local_to_s3_and_back_is_idempotent_and_refuses_foreign_keys() {
     assert_eq!(again["requests"]["destination"]["put"], 0, "{again}");
 
     restore_and_compare(&env, &remote, "password2", "latest", &source);
+    run(env
+        .cmd_with(&remote, "password2")
+        .args(["check", "--read-data"]));
 
     // S3 → a second local repository, then restore from there.
     let back = env.path("back").to_str().unwrap().to_string();

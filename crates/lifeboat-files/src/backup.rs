@@ -54,6 +54,13 @@ pub struct BackupOptions {
     pub force: bool,
     /// Use this snapshot as the parent instead of the latest one with the same host and paths.
     pub parent: Option<Id>,
+    /// Skip directories that contain a file of one of these names (e.g. `.nobackup`).
+    pub exclude_if_present: Vec<String>,
+    /// Skip directories tagged as caches by a `CACHEDIR.TAG` file with the standard signature.
+    pub exclude_caches: bool,
+    /// Do not descend into directories on other filesystems than the paths given (mount points
+    /// are kept, empty).
+    pub one_file_system: bool,
     /// Threads reading files; 0 picks a default.
     pub readers: usize,
     /// Tuning of the write pipeline.
@@ -73,6 +80,9 @@ pub struct BackupProgress {
     pub dirs_done: AtomicU64,
     /// Entries that failed.
     pub errors: AtomicU64,
+    /// Set (from a signal handler, say) to stop the backup: what is stored so far is flushed
+    /// and indexed, so the next backup reuses it, and no snapshot is written.
+    pub cancel: std::sync::atomic::AtomicBool,
     /// The file being read most recently.
     pub current: Mutex<PathBuf>,
 }
@@ -175,6 +185,16 @@ impl Excludes {
     }
 }
 
+/// The signature that marks a cache directory (<https://bford.info/cachedir/>).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+fn is_cache_dir(dir: &Path) -> bool {
+    let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+    File::open(dir.join("CACHEDIR.TAG"))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head == CACHEDIR_SIGNATURE)
+}
+
 /// Events per batch from the walker to the builder.
 const EVENT_BATCH: usize = 256;
 
@@ -212,6 +232,10 @@ enum Event {
 struct Walker<'a> {
     repo: &'a IndexedRepository,
     excludes: Excludes,
+    markers: &'a [String],
+    exclude_caches: bool,
+    /// With --one-file-system: the devices of the paths given.
+    devices: Option<Vec<u64>>,
     force: bool,
     events: Sender<Vec<Event>>,
     /// Events not sent yet: sending them in batches saves a thread wake-up per entry.
@@ -263,7 +287,9 @@ impl Walker<'_> {
         };
         for (name, child_selection) in names {
             let path = dir.join(&name);
-            if child_selection.is_none() && self.excludes.excluded(&path, &name) {
+            if child_selection.is_none()
+                && (self.excludes.excluded(&path, &name) || self.tagged(&path))
+            {
                 continue;
             }
             if !self.entry(
@@ -285,6 +311,9 @@ impl Walker<'_> {
         selection: &Selection,
         parent: Option<&Tree>,
     ) -> bool {
+        if self.progress.cancel.load(Ordering::Relaxed) {
+            return false;
+        }
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) => {
@@ -299,6 +328,12 @@ impl Walker<'_> {
         }
         match node.kind {
             NodeKind::Dir => {
+                if let (Some(devices), Selection::All) = (&self.devices, selection)
+                    && !devices.contains(&node.device)
+                {
+                    // Another filesystem: keep the mount point, not what is mounted there.
+                    return self.emit(Event::EnterDir(node)) && self.emit(Event::LeaveDir);
+                }
                 let sub_parent = self.parent_subtree(parent, name);
                 self.emit(Event::EnterDir(node))
                     && self.walk(path, selection, sub_parent.as_ref())
@@ -341,6 +376,19 @@ impl Walker<'_> {
         }
     }
 
+    /// True if `path` is a directory marked to be left out (--exclude-if-present,
+    /// --exclude-caches). On files the lookups fail with "not a directory", which is false.
+    fn tagged(&self, path: &Path) -> bool {
+        if self
+            .markers
+            .iter()
+            .any(|m| std::fs::symlink_metadata(path.join(m)).is_ok())
+        {
+            return true;
+        }
+        self.exclude_caches && is_cache_dir(path)
+    }
+
     /// Queues an event; returns false once the builder has gone away.
     fn emit(&self, event: Event) -> bool {
         let mut batch = self.batch.borrow_mut();
@@ -380,6 +428,12 @@ fn read_file(
     let mut bytes = 0u64;
     let mut chunks = chunker.chunks_with_buffer(file, std::mem::take(buffer));
     for chunk in chunks.by_ref() {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "backup cancelled",
+            ));
+        }
         let chunk = chunk?;
         bytes += chunk.len() as u64;
         progress
@@ -546,6 +600,17 @@ pub fn backup(
         (false, None) => find_parent(repo, &options.hostname, &path_strings)?,
     };
     let selection = selection_of(&paths);
+    let devices = if options.one_file_system {
+        let mut devices = Vec::new();
+        for path in &paths {
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| Error::io("cannot back up", path, e))?;
+            devices.push(std::os::unix::fs::MetadataExt::dev(&meta));
+        }
+        Some(devices)
+    } else {
+        None
+    };
     let excludes = Excludes::new(&options.excludes)?;
     let chunker = repo.chunker();
     let writer = BlobWriter::new(repo, &options.writer);
@@ -570,6 +635,9 @@ pub fn backup(
         let walker = Walker {
             repo,
             excludes,
+            markers: &options.exclude_if_present,
+            exclude_caches: options.exclude_caches,
+            devices: devices.clone(),
             force: options.force,
             events: event_tx,
             batch: RefCell::new(Vec::with_capacity(EVENT_BATCH)),
@@ -596,39 +664,149 @@ pub fn backup(
         // sender, which stops the readers: the scope then ends without deadlock.
         builder.run(event_rx).map(|root| (root, builder.summary))
     });
-    let (root, mut summary) = match root {
+    let (root, summary) = match root {
         Ok(done) => done,
         // A failed pipeline stage is the cause of whatever the builder saw: report that.
         Err(e) => return Err(writer.finish().err().map_or(e, Error::from)),
     };
-    let mut stats = writer.finish()?;
-    summary.errors = progress.errors.load(Ordering::Relaxed);
-    summary.blobs_added = stats.blobs_added;
-    summary.bytes_added = stats.bytes_added;
-    summary.bytes_stored = stats.bytes_stored;
-    summary.packs_written = stats.packs_written;
-    summary.duration_secs = started.elapsed().as_secs_f64();
-    let snapshot = Snapshot {
-        version: lifeboat_repo::snapshot::SNAPSHOT_VERSION,
+    if progress.cancel.load(Ordering::Relaxed) {
+        // The trees are incomplete: keep the data (packs and index) but write no snapshot.
+        let stats = writer.finish()?;
+        return Err(Error::Cancelled {
+            packs_kept: stats.packs_written,
+        });
+    }
+    let snapshot = Pending {
         time,
-        tree: root,
+        started,
+        root,
         paths: path_strings,
-        hostname: options.hostname.clone(),
-        username: options.username.clone(),
-        tags: options.tags.clone(),
         parent: parent.map(|(id, _)| id),
-        source: SourceKind::Files,
-        program_version: env!("CARGO_PKG_VERSION").to_string(),
-        summary: Some(summary),
     };
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
-    repo.add_packs(std::mem::take(&mut stats.packs));
-    Ok(BackupOutcome {
-        snapshot_id,
-        snapshot,
-        warnings: warnings.into_inner(),
-        requests: repo.storage().request_stats(),
-    })
+    snapshot.save(
+        repo,
+        writer,
+        summary,
+        options,
+        warnings.into_inner(),
+        progress,
+    )
+}
+
+/// What a backup knows when its trees are done; [`Pending::save`] writes the snapshot.
+struct Pending {
+    time: jiff::Timestamp,
+    started: Instant,
+    root: Id,
+    paths: Vec<String>,
+    parent: Option<Id>,
+}
+
+impl Pending {
+    /// Flushes the pipeline (packs, then index), then writes the snapshot: always in this order.
+    fn save(
+        self,
+        repo: &mut IndexedRepository,
+        writer: BlobWriter,
+        mut summary: BackupSummary,
+        options: &BackupOptions,
+        warnings: Vec<Warning>,
+        progress: &BackupProgress,
+    ) -> Result<BackupOutcome> {
+        let mut stats = writer.finish()?;
+        summary.errors = progress.errors.load(Ordering::Relaxed);
+        summary.blobs_added = stats.blobs_added;
+        summary.bytes_added = stats.bytes_added;
+        summary.bytes_stored = stats.bytes_stored;
+        summary.packs_written = stats.packs_written;
+        summary.duration_secs = self.started.elapsed().as_secs_f64();
+        let snapshot = Snapshot {
+            version: lifeboat_repo::snapshot::SNAPSHOT_VERSION,
+            time: self.time,
+            tree: self.root,
+            paths: self.paths,
+            hostname: options.hostname.clone(),
+            username: options.username.clone(),
+            tags: options.tags.clone(),
+            parent: self.parent,
+            source: SourceKind::Files,
+            program_version: env!("CARGO_PKG_VERSION").to_string(),
+            summary: Some(summary),
+        };
+        if options.writer.dry_run {
+            // Nothing was stored, so there is nothing to name: the id stays zero.
+            return Ok(BackupOutcome {
+                snapshot_id: Id::default(),
+                snapshot,
+                warnings,
+                requests: repo.storage().request_stats(),
+            });
+        }
+        let snapshot_id = repo.save_snapshot(&snapshot)?;
+        repo.add_packs(std::mem::take(&mut stats.packs));
+        Ok(BackupOutcome {
+            snapshot_id,
+            snapshot,
+            warnings,
+            requests: repo.storage().request_stats(),
+        })
+    }
+}
+
+/// Backs up a stream (standard input, say `pg_dump` output) as one file named `name` at the
+/// root of a new snapshot. The file gets mode 0644, the current user, and the time of the
+/// backup as its modification time.
+pub fn backup_stream(
+    repo: &mut IndexedRepository,
+    source: impl std::io::Read,
+    name: &str,
+    options: &BackupOptions,
+    progress: &BackupProgress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let time = jiff::Timestamp::now();
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::Pattern {
+            pattern: name.to_string(),
+            reason: "a stream's file name must be one plain name, without '/'".to_string(),
+        });
+    }
+    let writer = BlobWriter::new(repo, &options.writer);
+    let chunker = repo.chunker();
+    let mut node = Node::new(name, NodeKind::File);
+    for chunk in chunker.chunks(source) {
+        let chunk = chunk.map_err(|e| Error::io("read", PathBuf::from(name), e))?;
+        node.size += chunk.len() as u64;
+        progress
+            .bytes_read
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let (id, _) = writer.add(BlobType::Data, chunk)?;
+        node.content.push(id);
+    }
+    node.mode = 0o100644;
+    node.uid = rustix::process::geteuid().as_raw();
+    node.gid = rustix::process::getegid().as_raw();
+    node.mtime = lifeboat_repo::Timespec {
+        sec: time.as_second(),
+        nsec: time.subsec_nanosecond() as u32,
+    };
+    node.ctime = node.mtime;
+    progress.files_done.fetch_add(1, Ordering::Relaxed);
+    let summary = BackupSummary {
+        files_new: 1,
+        bytes_read: node.size,
+        bytes_total: node.size,
+        ..Default::default()
+    };
+    let (root, _) = writer.add(BlobType::Tree, Tree::new(vec![node]).to_bytes())?;
+    let pending = Pending {
+        time,
+        started,
+        root,
+        paths: vec![format!("/{name}")],
+        parent: None,
+    };
+    pending.save(repo, writer, summary, options, Vec::new(), progress)
 }
 
 #[cfg(test)]

@@ -33,6 +33,14 @@ pub enum Error {
     /// Nothing was given to back up.
     #[error("no paths to back up")]
     NoPaths,
+    /// The backup was cancelled; what it stored is indexed and will be reused.
+    #[error(
+        "backup cancelled: no snapshot written; {packs_kept} packs stored so far are kept and the next backup reuses them"
+    )]
+    Cancelled {
+        /// Packs stored and indexed before stopping.
+        packs_kept: u64,
+    },
 }
 
 /// Result of file-source operations.

@@ -15,6 +15,6 @@ mod error;
 pub mod meta;
 mod restore;
 
-pub use backup::{BackupOptions, BackupOutcome, BackupProgress, backup};
+pub use backup::{BackupOptions, BackupOutcome, BackupProgress, backup, backup_stream};
 pub use error::{Error, Result, Warning};
 pub use restore::{RestoreOptions, RestoreProgress, RestoreSummary, restore};

@@ -167,6 +167,23 @@ fn tampered_snapshot_and_index_are_named() {
         "{err}"
     );
 
+    // The other snapshots stay usable.
+    let (f, mut repo) = fixture();
+    let options = BackupOptions {
+        paths: vec![f.source.clone()],
+        hostname: "h".into(),
+        ..Default::default()
+    };
+    let second = backup(&mut repo, &options, &BackupProgress::default()).unwrap();
+    let first = objects(&f.repo_dir, "snapshots")
+        .into_iter()
+        .find(|p| !p.ends_with(second.snapshot_id.to_hex()))
+        .unwrap();
+    flip_byte(&first, 100);
+    let (readable, unreadable) = repo.readable_snapshots().unwrap();
+    assert_eq!((readable.len(), unreadable.len()), (1, 1));
+    assert_eq!(repo.find_snapshot("latest").unwrap().id, second.snapshot_id);
+
     // An intact object under another object's name is caught too.
     let (f, _) = fixture();
     let indexes = objects(&f.repo_dir, "index");
@@ -333,4 +350,137 @@ fn full_repository_disk_fails_cleanly() {
     .unwrap();
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
     assert_same_tree(&small, &restored_path(&target, &small));
+}
+
+mod check {
+    use super::*;
+    use lifeboat_repo::check::{ReadData, check};
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_clean_repository_checks_clean_at_every_level() {
+        let (_f, repo) = fixture();
+        for read in [
+            ReadData::None,
+            ReadData::Fraction(0.3),
+            ReadData::Part { n: 2, m: 3 },
+            ReadData::All,
+        ] {
+            let report = check(&repo, read, &HashMap::new()).unwrap();
+            assert!(report.is_clean(), "{read:?}: {:?}", report.errors);
+            assert_eq!(report.snapshots, 1);
+            assert!(report.trees > 1 && report.packs > 1);
+        }
+        let all = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        assert_eq!(all.packs_read, all.packs);
+        assert_eq!(all.blobs_verified as usize, repo.index().blob_count());
+    }
+
+    #[test]
+    fn subsets_rotate_until_every_pack_is_verified() {
+        let (_f, repo) = fixture();
+        let mut record = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..4 {
+            let report = check(&repo, ReadData::Fraction(0.25), &record).unwrap();
+            assert!(report.is_clean());
+            for id in &report.verified {
+                record.insert(*id, round);
+                seen.insert(*id);
+            }
+        }
+        assert_eq!(
+            seen.len() as u64,
+            check(&repo, ReadData::None, &HashMap::new()).unwrap().packs
+        );
+    }
+
+    #[test]
+    fn flipped_and_missing_packs_are_named() {
+        let (f, repo) = fixture();
+        let packs = objects(&f.repo_dir, "data");
+        flip_byte(&packs[0], 10);
+        let name = packs[0].file_name().unwrap().to_str().unwrap().to_string();
+        // Structure alone reads only headers: a flip in blob data needs --read-data.
+        let report = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        assert!(
+            report.errors.iter().any(|p| p.object.contains(&name)),
+            "{:?}",
+            report.errors
+        );
+
+        fs::remove_file(&packs[1]).unwrap();
+        let gone = packs[1].file_name().unwrap().to_str().unwrap().to_string();
+        let report = check(&repo, ReadData::None, &HashMap::new()).unwrap();
+        let missing: Vec<_> = report
+            .errors
+            .iter()
+            .filter(|p| p.object.contains(&gone))
+            .collect();
+        assert_eq!(missing.len(), 1, "{:?}", report.errors);
+        assert!(missing[0].message.contains("missing"));
+    }
+
+    #[test]
+    fn lost_index_is_rebuilt_from_pack_headers() {
+        let (f, _) = fixture();
+        for path in objects(&f.repo_dir, "index") {
+            fs::remove_file(path).unwrap();
+        }
+        let repo =
+            Repository::open(Storage::local(&f.repo_dir).unwrap(), b"test password").unwrap();
+        let report = lifeboat_repo::repair::rebuild_index(&repo).unwrap();
+        assert_eq!(
+            report.packs_indexed as usize,
+            objects(&f.repo_dir, "data").len()
+        );
+        assert!(report.unreadable_packs.is_empty());
+        let repo = open(&f).unwrap();
+        let checked = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        assert!(
+            checked.is_clean() && checked.unindexed_packs.is_empty(),
+            "{:?}",
+            checked.errors
+        );
+        let target = f.work.join("after-repair");
+        let summary = restore_latest(&repo, &target).unwrap();
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+        assert_same_tree(&f.source, &restored_path(&target, &f.source));
+
+        // A damaged pack is named and left out; the rest is indexed.
+        let packs = objects(&f.repo_dir, "data");
+        let len = fs::metadata(&packs[0]).unwrap().len() as usize;
+        flip_byte(&packs[0], len - 60);
+        let repo =
+            Repository::open(Storage::local(&f.repo_dir).unwrap(), b"test password").unwrap();
+        let report = lifeboat_repo::repair::rebuild_index(&repo).unwrap();
+        assert_eq!(report.unreadable_packs.len(), 1);
+        assert_eq!(report.packs_indexed as usize, packs.len() - 1);
+        assert_eq!(
+            objects(&f.repo_dir, "index").len() as u64,
+            report.index_files_written
+        );
+    }
+
+    #[test]
+    fn unindexed_packs_are_reported_not_errors() {
+        let (f, repo) = fixture();
+        let index = objects(&f.repo_dir, "index");
+        // Losing an index object (as if a backup died before writing it) leaves packs unindexed
+        // and the snapshot pointing at blobs the index no longer knows.
+        for path in &index {
+            fs::remove_file(path).unwrap();
+        }
+        let reopened = open(&f).unwrap();
+        let report = check(&reopened, ReadData::None, &HashMap::new()).unwrap();
+        assert_eq!(
+            report.unindexed_packs.len(),
+            objects(&f.repo_dir, "data").len()
+        );
+        assert!(
+            !report.is_clean(),
+            "the snapshot's blobs are not in any index"
+        );
+        drop(repo);
+    }
 }

@@ -310,3 +310,51 @@ fn concurrent_backups_need_no_lock() {
         assert_same_tree(source, &restored_path(&target, source));
     }
 }
+
+/// --one-file-system keeps a mount point but not what is mounted there. Needs root (tmpfs).
+#[test]
+fn one_file_system_stops_at_mount_points() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    let mount = source.join("mnt");
+    fs::create_dir_all(&mount).unwrap();
+    fs::write(source.join("local"), b"on the same filesystem").unwrap();
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mount)
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mount.clone());
+    fs::write(mount.join("elsewhere"), b"on another filesystem").unwrap();
+
+    let mut repo = small_repo(Storage::memory().unwrap());
+    let crossing = backup_of(&mut repo, &options(&source));
+    let staying = backup_of(
+        &mut repo,
+        &BackupOptions {
+            one_file_system: true,
+            ..options(&source)
+        },
+    );
+    for (outcome, expect_elsewhere) in [(&crossing, true), (&staying, false)] {
+        let target = dir.path().join(format!("t{expect_elsewhere}"));
+        restore_all(&repo, outcome, &target);
+        let root = restored_path(&target, &source);
+        assert!(root.join("local").exists());
+        assert!(root.join("mnt").is_dir(), "the mount point itself is kept");
+        assert_eq!(root.join("mnt/elsewhere").exists(), expect_elsewhere);
+    }
+}

@@ -32,6 +32,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod browse;
+pub mod check;
 pub mod chunker;
 pub mod copy;
 pub mod crypto;
@@ -41,7 +43,9 @@ pub mod index;
 pub mod keyfile;
 pub mod object;
 pub mod pack;
+pub mod repair;
 pub mod repository;
+pub mod retention;
 pub mod snapshot;
 pub mod tree;
 pub mod writer;

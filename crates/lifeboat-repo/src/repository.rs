@@ -98,6 +98,9 @@ impl Default for InitOptions {
     }
 }
 
+/// A snapshot object that could not be read, and why.
+pub type UnreadableSnapshot = (Id, Error);
+
 /// An opened repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -241,6 +244,47 @@ impl Repository {
         self.key_id
     }
 
+    /// Every key file with its id.
+    pub fn keys(&self) -> Result<Vec<(Id, KeyFile)>> {
+        let mut keys = Vec::new();
+        for id in self.list_ids(KEYS_PREFIX)? {
+            let key = format!("{KEYS_PREFIX}{id}");
+            keys.push((id, KeyFile::from_bytes(&self.storage.get(&key)?, &key)?));
+        }
+        Ok(keys)
+    }
+
+    /// Adds a key file that opens the repository with `password`; returns its id.
+    pub fn add_key(
+        &self,
+        password: &[u8],
+        kdf: KdfParams,
+        hostname: &str,
+        username: &str,
+    ) -> Result<Id> {
+        let file = KeyFile::wrap(&self.key, password, kdf, hostname, username)?;
+        let bytes = file.to_bytes();
+        let id = Id::of_stored_bytes(&bytes);
+        self.storage
+            .put(&format!("{KEYS_PREFIX}{id}"), Bytes::from(bytes))?;
+        Ok(id)
+    }
+
+    /// Removes a key file. Refuses to remove the last one, which would lock everyone out.
+    pub fn remove_key(&self, id: &Id) -> Result<()> {
+        let ids = self.list_ids(KEYS_PREFIX)?;
+        if !ids.contains(id) {
+            return Err(Error::malformed(format!("key {id}"), "no such key"));
+        }
+        if ids.len() == 1 {
+            return Err(Error::malformed(
+                format!("key {id}"),
+                "it is the last key of the repository; add another key first",
+            ));
+        }
+        Ok(self.storage.delete(&format!("{KEYS_PREFIX}{id}"))?)
+    }
+
     /// The content-defined chunker of this repository.
     pub fn chunker(&self) -> Chunker {
         Chunker::new(self.config.chunker, self.key.chunker_seed())
@@ -286,6 +330,11 @@ impl Repository {
         self.save_object(SNAPSHOTS_PREFIX, ObjectKind::Snapshot, &plain)
     }
 
+    /// Removes a snapshot. Its data stays until prune finds it unreferenced.
+    pub fn forget_snapshot(&self, id: &Id) -> Result<()> {
+        Ok(self.storage.delete(&format!("{SNAPSHOTS_PREFIX}{id}"))?)
+    }
+
     /// Loads one snapshot.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let plain = self.load_object(SNAPSHOTS_PREFIX, ObjectKind::Snapshot, id)?;
@@ -293,25 +342,33 @@ impl Repository {
             .map_err(|e| Error::malformed(format!("snapshot {id}"), e.to_string()))
     }
 
-    /// All snapshots, oldest first.
+    /// All snapshots, oldest first; fails if any cannot be read (see [`Self::readable_snapshots`]).
     pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
-        let mut all = self
-            .list_ids(SNAPSHOTS_PREFIX)?
-            .into_iter()
-            .map(|id| {
-                Ok(SnapshotEntry {
-                    id,
-                    snapshot: self.load_snapshot(&id)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(all)
+        let (all, mut unreadable) = self.readable_snapshots()?;
+        match unreadable.pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(all),
+        }
     }
 
-    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    /// All snapshots that can be read, oldest first, and the errors of those that cannot: one
+    /// damaged snapshot must not hide the others from a restore.
+    pub fn readable_snapshots(&self) -> Result<(Vec<SnapshotEntry>, Vec<UnreadableSnapshot>)> {
+        let mut all = Vec::new();
+        let mut unreadable = Vec::new();
+        for id in self.list_ids(SNAPSHOTS_PREFIX)? {
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => all.push(SnapshotEntry { id, snapshot }),
+                Err(e) => unreadable.push((id, e)),
+            }
+        }
+        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok((all, unreadable))
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix, among the readable ones.
     pub fn find_snapshot(&self, query: &str) -> Result<SnapshotEntry> {
-        let all = self.snapshots()?;
+        let (all, _) = self.readable_snapshots()?;
         if query == "latest" {
             return all.into_iter().last().ok_or_else(|| {
                 Error::SnapshotNotFound("the repository has no snapshots".to_string())

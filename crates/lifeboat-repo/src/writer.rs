@@ -42,12 +42,15 @@ use crate::{Error, Id, Result};
 pub struct WriterOptions {
     /// Compression threads; defaults to the number of CPUs.
     pub compressors: usize,
+    /// Do everything but store: figures come out as if stored, nothing is written.
+    pub dry_run: bool,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             compressors: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            dry_run: false,
         }
     }
 }
@@ -146,9 +149,9 @@ impl BlobWriter {
             }));
         }
         {
-            let (repo, shared) = ((**repo).clone(), shared.clone());
+            let (repo, shared, dry_run) = ((**repo).clone(), shared.clone(), options.dry_run);
             threads.push(spawn("lifeboat-upload".into(), move || {
-                upload_stage(upload_rx, &repo, &shared)
+                upload_stage(upload_rx, &repo, &shared, dry_run)
             }));
         }
         BlobWriter {
@@ -329,7 +332,7 @@ fn pack_stage(
     }
 }
 
-fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared) {
+fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared, dry_run: bool) {
     let mut batch: Vec<PackRecord> = Vec::new();
     let save_batch = |batch: &mut Vec<PackRecord>| -> Result<()> {
         if batch.is_empty() {
@@ -348,6 +351,10 @@ fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared) 
             continue;
         }
         let len = pack.bytes.len() as u64;
+        if dry_run {
+            shared.bytes_stored.fetch_add(len, Ordering::Relaxed);
+            continue;
+        }
         if let Err(e) = repo
             .storage()
             .put(&pack_key(&pack.id), Bytes::from(pack.bytes))
@@ -371,6 +378,7 @@ fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared) 
         }
     }
     if !shared.failed()
+        && !dry_run
         && let Err(e) = save_batch(&mut batch)
     {
         shared.fail(e);
