@@ -189,6 +189,7 @@ fn s3_backup_and_restore_succeed_with_ten_percent_of_requests_failing() {
             rate: 0.10,
             stall: Duration::from_secs(4),
             seed: 4,
+            deny_deletes: false,
         },
     );
     let location = s3_url(&proxy.endpoint(), &bucket, "faults");
@@ -245,6 +246,7 @@ fn s3_server_gone_fails_naming_the_endpoint_and_leaves_a_valid_repository() {
             rate: 0.0,
             stall: Duration::from_secs(4),
             seed: 1,
+            deny_deletes: false,
         },
     );
     let location = s3_url(&proxy.endpoint(), &bucket, "gone");
@@ -414,6 +416,7 @@ fn an_interrupted_copy_to_s3_is_resumed_reusing_what_was_indexed() {
             rate: 0.0,
             stall: Duration::from_secs(4),
             seed: 2,
+            deny_deletes: false,
         },
     );
     let dir = tempfile::tempdir().unwrap();
@@ -464,4 +467,60 @@ fn open_with_password(
         .unwrap()
         .load_index()
         .unwrap()
+}
+
+#[test]
+fn append_only_credentials_back_up_and_copy_but_cannot_forget() {
+    let Some((endpoint, bucket)) = s3_server("append_only") else {
+        return;
+    };
+    let upstream = endpoint.trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::start(
+        &upstream,
+        FaultConfig {
+            rate: 0.0,
+            stall: Duration::from_secs(4),
+            seed: 3,
+            deny_deletes: true,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    fs::create_dir(&source).unwrap();
+    random_tree(&source, 41);
+    write_incompressible(&source, 2, 300_000);
+
+    // Backup straight into the append-only repository, twice (the second has a parent).
+    let location = s3_url(&proxy.endpoint(), &bucket, "appendonly");
+    let mut repo = small_repo(Storage::create(&location).unwrap());
+    backup_ok(&mut repo, &source);
+    fs::write(source.join("later"), b"more").unwrap();
+    let outcome = backup_ok(&mut repo, &source);
+    assert_eq!(outcome.requests.deletes, 0);
+
+    // Copy into another append-only repository.
+    let copy_location = s3_url(&proxy.endpoint(), &bucket, "appendonly-copy");
+    let mut copy = init_sibling(Storage::create(&copy_location).unwrap(), &repo);
+    let stats = copy_snapshots(
+        &repo,
+        &mut copy,
+        &repo.snapshots().unwrap(),
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(stats.copied.len(), 2);
+    assert_eq!(copy.storage().request_stats().deletes, 0);
+    assert_eq!(proxy.counts().denied.load(Ordering::Relaxed), 0);
+    restore_and_compare(&copy, &outcome, &source);
+
+    // Forgetting needs DELETE: refused, with a message that says why and what to do.
+    let error = repo.forget_snapshot(&outcome.snapshot_id).unwrap_err();
+    let text = chain(&error);
+    assert!(
+        text.contains("permission denied") && text.contains("append-only"),
+        "{text}"
+    );
+    assert_eq!(proxy.counts().denied.load(Ordering::Relaxed), 1);
+    assert_eq!(repo.snapshots().unwrap().len(), 2);
+    check_read_data(&repo);
 }

@@ -55,6 +55,24 @@ pub enum StorageError {
         /// Where the repository lives.
         location: String,
     },
+    /// The storage refused the operation (S3 `AccessDenied`): the credentials lack a permission.
+    #[error(
+        "{operation} {key} in {location} was refused: permission denied{}",
+        if *operation == "delete" {
+            " (append-only credentials cannot delete: backup and copy work with them, but \
+             forget, prune and key removal need credentials that may delete; see docs/storage.md)"
+        } else {
+            " (check the credentials' permissions on this bucket and prefix)"
+        }
+    )]
+    PermissionDenied {
+        /// The operation (put, get, list, stat, delete).
+        operation: &'static str,
+        /// The object or prefix.
+        key: String,
+        /// Where the repository lives.
+        location: String,
+    },
     /// A range read asked for bytes past the end of the object.
     #[error("object {key} in {location} ends before byte {end}: it is truncated")]
     Truncated {
@@ -479,6 +497,11 @@ impl Storage {
     ) -> StorageError {
         match source.kind() {
             ErrorKind::NotFound => StorageError::NotFound {
+                key: key.to_string(),
+                location: self.inner.location.clone(),
+            },
+            ErrorKind::PermissionDenied => StorageError::PermissionDenied {
+                operation,
                 key: key.to_string(),
                 location: self.inner.location.clone(),
             },

@@ -11,6 +11,9 @@
 //! * **truncate**: the request is forwarded, and the server's answer is cut off halfway
 //!   through its body (the server did the work: a put is stored, a get is cut short).
 //!
+//! With `deny_deletes` every DELETE is answered 403 AccessDenied, like a bucket policy without
+//! `s3:DeleteObject`.
+//!
 //! [`FaultProxy::stop`] closes the listening socket (the server is "gone": connections are
 //! refused) and [`FaultProxy::start_again`] listens on the same port again.
 
@@ -36,6 +39,9 @@ pub struct FaultConfig {
     pub stall: Duration,
     /// Seed of the dice.
     pub seed: u64,
+    /// Answer every DELETE with 403 AccessDenied, as a bucket policy without
+    /// `s3:DeleteObject` does (append-only credentials).
+    pub deny_deletes: bool,
 }
 
 /// Counts of what the proxy did.
@@ -46,6 +52,7 @@ pub struct FaultCounts {
     pub resets: AtomicU64,
     pub stalls: AtomicU64,
     pub truncations: AtomicU64,
+    pub denied: AtomicU64,
 }
 
 impl FaultCounts {
@@ -267,6 +274,19 @@ fn serve(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
     let body = read_body(&mut client, &head, rest)?;
+    if shared.config.lock().deny_deletes && head.starts_with(b"DELETE ") {
+        counts.denied.fetch_add(1, Ordering::Relaxed);
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
+                   <Message>Access Denied</Message></Error>";
+        let answer = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            xml.len()
+        );
+        client.write_all(answer.as_bytes())?;
+        client.shutdown(Shutdown::Both)?;
+        return Ok(());
+    }
     match fault {
         Fault::Error5xx => {
             counts.errors_5xx.fetch_add(1, Ordering::Relaxed);
