@@ -787,7 +787,7 @@ fn backup(
             "requests": {
                 "put": outcome.requests.puts, "get": outcome.requests.gets,
                 "list": outcome.requests.lists, "stat": outcome.requests.stats,
-                "delete": outcome.requests.deletes,
+                "delete": outcome.requests.deletes, "retries": outcome.requests.retries,
             },
         });
         println!("{value}");
@@ -808,6 +808,11 @@ fn backup(
             bytes(summary.bytes_stored),
             summary.packs_written,
             summary.duration_secs
+        );
+        let r = &outcome.requests;
+        println!(
+            "requests: {} PUT, {} GET, {} LIST, {} HEAD, {} DELETE ({} retried)",
+            r.puts, r.gets, r.lists, r.stats, r.deletes, r.retries
         );
         if args.dry_run {
             println!("dry run: nothing was stored");

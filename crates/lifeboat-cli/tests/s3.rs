@@ -156,15 +156,32 @@ fn init_backup_restore_on_s3_reports_requests() {
 
     let outcome = json(env.cmd(&repo).arg("backup").arg(&source));
     let puts = outcome["requests"]["put"].as_u64().unwrap();
+    assert_eq!(outcome["requests"]["retries"], 0, "{outcome}");
+    assert_eq!(outcome["requests"]["delete"], 0, "{outcome}");
     let packs = outcome["summary"]["packs_written"].as_u64().unwrap();
     assert!(packs >= 4, "{outcome}");
     // Packs, at least one index object and the snapshot: nothing is written twice.
     assert!(puts > packs && puts <= packs + 4, "{outcome}");
+    // The text summary counts requests too.
+    let (stdout, _) = run(env.cmd(&repo).arg("backup").arg(&source));
+    // Nothing changed but perhaps the times of the path's ancestors (other tests use /tmp):
+    // the snapshot, and at most a tree pack and an index object.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("requests: "))
+        .unwrap_or_else(|| panic!("no request line in {stdout}"));
+    let puts: u64 = line["requests: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((1..=3).contains(&puts), "{line}");
+    assert!(line.ends_with("0 DELETE (0 retried)"), "{line}");
     restore_and_compare(&env, &repo, "password", "latest", &source);
     let (stdout, _) = run(env.cmd(&repo).args(["check", "--read-data"]));
     println!("{stdout}");
     let snapshots = json(env.cmd(&repo).arg("snapshots"));
-    assert_eq!(snapshots.as_array().unwrap().len(), 1);
+    assert_eq!(snapshots.as_array().unwrap().len(), 2);
 }
 
 #[test]
