@@ -79,9 +79,12 @@ fn run(cmd: &mut Command) -> (String, String) {
     (stdout, stderr)
 }
 
+/// The JSON a command prints; for commands that stream status lines first, the last line.
 fn json(cmd: &mut Command) -> serde_json::Value {
     let (stdout, _) = run(cmd.arg("--json"));
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    serde_json::from_str(&stdout)
+        .or_else(|_| serde_json::from_str(stdout.lines().last().unwrap_or_default()))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 fn write_tree(root: &Path, files: usize, size: usize, seed: u64) {
@@ -314,4 +317,78 @@ fn unreachable_endpoint_fails_with_its_name_and_exit_code_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LIFEBOAT_RETRIES"));
+}
+
+/// Objects under a prefix of an S3 repository, seen through the storage layer.
+fn count_objects(repo: &str, prefix: &str) -> usize {
+    lifeboat_storage::Storage::open(repo)
+        .unwrap()
+        .list(prefix)
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn sigkill_during_an_s3_backup_leaves_a_valid_repository() {
+    let Some(base) = s3_repo("sigkill") else {
+        return;
+    };
+    let env = Env::new();
+    let source = env.path("source");
+    // 64 MiB of incompressible data: with 1 MiB packs an index object is written every 32
+    // packs, so the first one appears halfway through.
+    write_tree(&source, 64, 1 << 20, 9);
+    for point in ["first-pack", "first-index"] {
+        let repo = format!("{base}-{point}");
+        run(env
+            .cmd(&repo)
+            .args(["init", "--insecure-kdf-for-tests", "--pack-size-mib", "1"]));
+        let mut child = env
+            .cmd(&repo)
+            .arg("backup")
+            .arg(&source)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let prefix = if point == "first-pack" {
+            "data/"
+        } else {
+            "index/"
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while count_objects(&repo, prefix) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let indexed = count_objects(&repo, "index/");
+        let packs = count_objects(&repo, "data/");
+        assert!(packs > 0, "{point}: no pack was stored before the kill");
+
+        // Valid after the kill: no snapshot from the killed run, and check --read-data is clean.
+        let snapshots = json(env.cmd(&repo).arg("snapshots"));
+        assert!(
+            finished || snapshots.as_array().unwrap().is_empty(),
+            "{point}: a killed backup left a snapshot"
+        );
+        run(env.cmd(&repo).args(["check", "--read-data"]));
+
+        // The next backup completes, reusing what was indexed, and restores bit for bit.
+        let out = json(env.cmd(&repo).arg("backup").arg(&source));
+        let added = out["summary"]["bytes_added"].as_u64().unwrap();
+        println!(
+            "kill at {point}: finished={finished} packs={packs} index objects={indexed}, next backup added {added} bytes"
+        );
+        if point == "first-index" && !finished {
+            assert!(indexed > 0);
+            assert!(
+                added < (64 << 20) - (30 << 20),
+                "{point}: indexed data was not reused ({added} bytes added)"
+            );
+        }
+        restore_and_compare(&env, &repo, "password", "latest", &source);
+        run(env.cmd(&repo).args(["check", "--read-data"]));
+    }
 }
