@@ -45,7 +45,8 @@ struct Cli {
 
 #[derive(Args)]
 struct GlobalArgs {
-    /// Repository location: a local directory (the default backend).
+    /// Repository location: a local directory (the default backend),
+    /// `s3:https://host:port/bucket/prefix` or `s3:bucket/prefix` (AWS); see docs/storage.md.
     #[arg(short = 'r', long, env = "LIFEBOAT_REPOSITORY", global = true)]
     repo: Option<String>,
     /// File whose first line is the repository password.
@@ -89,6 +90,9 @@ enum Command {
     Restore(RestoreArgs),
     /// Print a repository object, decrypted, for debugging.
     Cat(CatArgs),
+    /// Copy snapshots to a second repository (created with `init --copy-content-keys-from`),
+    /// transferring only the blobs it lacks.
+    Copy(CopyArgs),
     /// Verify the repository: structure always; pack data in full or in rotating subsets.
     Check(CheckArgs),
     /// Remove snapshots that a retention policy does not keep (their data is freed by prune).
@@ -406,6 +410,40 @@ struct InitArgs {
     /// Use very cheap key derivation. Only for tests: it makes the password easy to guess.
     #[arg(long, hide = true)]
     insecure_kdf_for_tests: bool,
+    /// Share the content keys (blob-id key and chunker seed) of this existing repository, so
+    /// that `lifeboat copy` between the two moves only missing blobs. Its password comes from
+    /// --from-password-file or --from-password-command.
+    #[arg(long, value_name = "REPO1")]
+    copy_content_keys_from: Option<String>,
+    #[command(flatten)]
+    from: FromPassword,
+}
+
+/// Password of the repository given by `--copy-content-keys-from`.
+#[derive(Args)]
+struct FromPassword {
+    /// File whose first line is the password of the --copy-content-keys-from repository.
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_FILE")]
+    from_password_file: Option<PathBuf>,
+    /// Shell command that prints the password of the --copy-content-keys-from repository.
+    #[arg(long, env = "LIFEBOAT_FROM_PASSWORD_COMMAND")]
+    from_password_command: Option<String>,
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// Destination repository; it must share content keys with the source (--repo).
+    #[arg(long, value_name = "REPO2", env = "LIFEBOAT_TO_REPOSITORY")]
+    to: String,
+    /// File whose first line is the destination's password.
+    #[arg(long, env = "LIFEBOAT_TO_PASSWORD_FILE")]
+    to_password_file: Option<PathBuf>,
+    /// Shell command that prints the destination's password.
+    #[arg(long, env = "LIFEBOAT_TO_PASSWORD_COMMAND")]
+    to_password_command: Option<String>,
+    /// Snapshots to copy (ids, unique id prefixes or `latest`); default: all of them. Those
+    /// the destination has already are skipped.
+    snapshots: Vec<String>,
 }
 
 #[derive(Args)]
@@ -554,6 +592,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         }
         Command::Restore(args) => restore(global, &args),
         Command::Cat(args) => cat(global, &args),
+        Command::Copy(args) => copy(global, &args),
         Command::Check(args) => check(global, &args),
         Command::Forget(args) => forget(global, &args, &file.forget),
         Command::Key(command) => key(global, &command),
@@ -596,6 +635,20 @@ fn username() -> String {
 
 fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
     let storage = Storage::create(location(global)?)?;
+    let content_keys = match &args.copy_content_keys_from {
+        Some(from) => {
+            let other = other_repository(
+                global,
+                from,
+                args.from.from_password_file.clone(),
+                args.from.from_password_command.clone(),
+            );
+            let source = open(&other)
+                .with_context(|| format!("cannot open {from} to copy its content keys"))?;
+            Some(source.config().content_keys.clone())
+        }
+        None => None,
+    };
     let password = password::obtain(global, true)?;
     let options = InitOptions {
         kdf: if args.insecure_kdf_for_tests {
@@ -607,6 +660,7 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
         compression_level: args.compression,
         hostname: hostname(),
         username: username(),
+        content_keys,
         ..InitOptions::default()
     };
     let repo = Repository::init(storage, password.as_bytes(), &options)?;
@@ -733,7 +787,7 @@ fn backup(
             "requests": {
                 "put": outcome.requests.puts, "get": outcome.requests.gets,
                 "list": outcome.requests.lists, "stat": outcome.requests.stats,
-                "delete": outcome.requests.deletes,
+                "delete": outcome.requests.deletes, "retries": outcome.requests.retries,
             },
         });
         println!("{value}");
@@ -754,6 +808,11 @@ fn backup(
             bytes(summary.bytes_stored),
             summary.packs_written,
             summary.duration_secs
+        );
+        let r = &outcome.requests;
+        println!(
+            "requests: {} PUT, {} GET, {} LIST, {} HEAD, {} DELETE ({} retried)",
+            r.puts, r.gets, r.lists, r.stats, r.deletes, r.retries
         );
         if args.dry_run {
             println!("dry run: nothing was stored");
@@ -1291,6 +1350,113 @@ fn cat(global: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
         ),
     };
     println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Global arguments for a second repository (`init --copy-content-keys-from`, `copy --to`):
+/// its own location and password source, the rest as given.
+fn other_repository(
+    global: &GlobalArgs,
+    repo: &str,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+) -> GlobalArgs {
+    GlobalArgs {
+        repo: Some(repo.to_string()),
+        password_file,
+        password_command,
+        json: global.json,
+        quiet: global.quiet,
+        config: global.config.clone(),
+    }
+}
+
+fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
+    let source = open(global)?.load_index()?;
+    if args.to_password_file.is_none()
+        && args.to_password_command.is_none()
+        && std::io::stdin().is_terminal()
+    {
+        eprintln!("destination repository {}:", args.to);
+    }
+    let to = other_repository(
+        global,
+        &args.to,
+        args.to_password_file.clone(),
+        args.to_password_command.clone(),
+    );
+    let destination = open(&to).with_context(|| {
+        format!(
+            "cannot open the destination {}; create it with `lifeboat --repo {} init \
+             --copy-content-keys-from {}`",
+            args.to,
+            args.to,
+            location(global).unwrap_or_default()
+        )
+    })?;
+    lifeboat_repo::check_content_keys(&source, &destination)?;
+    let snapshots = if args.snapshots.is_empty() {
+        source.snapshots()?
+    } else {
+        let mut chosen = Vec::new();
+        for query in &args.snapshots {
+            let entry = source.find_snapshot(query)?;
+            if !chosen
+                .iter()
+                .any(|e: &lifeboat_repo::SnapshotEntry| e.id == entry.id)
+            {
+                chosen.push(entry);
+            }
+        }
+        chosen
+    };
+    let mut destination = destination.load_index()?;
+    let stats = lifeboat_repo::copy_snapshots(
+        &source,
+        &mut destination,
+        &snapshots,
+        &lifeboat_repo::CopyOptions::default(),
+    )?;
+    let requests = |s: lifeboat_storage::RequestStats| {
+        serde_json::json!({
+            "put": s.puts, "get": s.gets, "list": s.lists, "stat": s.stats,
+            "delete": s.deletes, "retries": s.retries,
+        })
+    };
+    if global.json {
+        let value = serde_json::json!({
+            "copied": stats.copied.iter().map(|c| serde_json::json!({
+                "source": c.source, "destination": c.destination,
+            })).collect::<Vec<_>>(),
+            "skipped": stats.skipped,
+            "blobs_copied": stats.blobs_copied,
+            "bytes_copied": stats.bytes_copied,
+            "blobs_present": stats.blobs_present,
+            "packs_written": stats.packs_written,
+            "requests": {
+                "source": requests(source.storage().request_stats()),
+                "destination": requests(destination.storage().request_stats()),
+            },
+        });
+        println!("{value}");
+    } else if !global.quiet {
+        for c in &stats.copied {
+            println!(
+                "copied snapshot {} as {}",
+                c.source.short(),
+                c.destination.short()
+            );
+        }
+        println!(
+            "{} snapshots copied, {} already there; {} blobs ({}) transferred, {} already there, {} packs written",
+            stats.copied.len(),
+            stats.skipped.len(),
+            stats.blobs_copied,
+            bytes(stats.bytes_copied),
+            stats.blobs_present,
+            stats.packs_written
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -89,6 +89,19 @@ pub enum Error {
     /// Key derivation failed (bad parameters).
     #[error("key derivation failed: {0}")]
     Kdf(String),
+
+    /// A copy between repositories whose blob ids do not agree.
+    #[error(
+        "{to} does not share content keys with {from}, so blob ids differ and a copy \
+         would have to re-chunk everything; create the destination with \
+         `lifeboat --repo {to} init --copy-content-keys-from {from}`"
+    )]
+    ContentKeysDiffer {
+        /// The source repository.
+        from: String,
+        /// The destination repository.
+        to: String,
+    },
 }
 
 /// Result of repository operations.

@@ -35,6 +35,7 @@
 pub mod browse;
 pub mod check;
 pub mod chunker;
+pub mod copy;
 pub mod crypto;
 mod error;
 mod id;
@@ -50,6 +51,7 @@ pub mod tree;
 pub mod writer;
 
 pub use chunker::{Chunker, ChunkerParams};
+pub use copy::{CopyOptions, CopyStats, check_content_keys, copy_snapshots};
 pub use error::{Error, Result};
 pub use id::{Id, IdMap, IdSet};
 pub use keyfile::KdfParams;

@@ -3,11 +3,13 @@
 //! ```text
 //! callers (any threads) --add--> [dedup check] --jobs--> compressors (N threads)
 //!        --> packer (1 thread: encrypt, append to the open data or tree pack)
-//!        --> uploader (1 thread: put pack, every 32 packs put an index object)
+//!        --> uploaders (1 thread on a local disk, 4 on object storage: put packs; every 32
+//!            stored packs put an index object)
 //! ```
 //!
 //! Every channel is bounded, so memory stays bounded whatever the input: at most
-//! `2N` chunks waiting per stage, two open packs and one finished pack waiting to upload.
+//! `2N` chunks waiting per stage, two open packs, one finished pack waiting to upload and one
+//! being uploaded per upload thread.
 //!
 //! # Crash safety
 //!
@@ -23,7 +25,7 @@
 //! error. Nothing written before is invalidated.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -44,6 +46,9 @@ pub struct WriterOptions {
     pub compressors: usize,
     /// Do everything but store: figures come out as if stored, nothing is written.
     pub dry_run: bool,
+    /// Packs uploaded at once; 0 picks 1 for a local disk and 4 for object storage, where one
+    /// request at a time leaves most of the bandwidth unused. Each costs a pack of memory.
+    pub uploaders: usize,
 }
 
 impl Default for WriterOptions {
@@ -51,6 +56,7 @@ impl Default for WriterOptions {
         WriterOptions {
             compressors: std::thread::available_parallelism().map_or(2, |n| n.get()),
             dry_run: false,
+            uploaders: 0,
         }
     }
 }
@@ -148,10 +154,25 @@ impl BlobWriter {
                 pack_stage(packed_rx, upload_tx, &key, pack_size, &shared)
             }));
         }
-        {
-            let (repo, shared, dry_run) = ((**repo).clone(), shared.clone(), options.dry_run);
-            threads.push(spawn("lifeboat-upload".into(), move || {
-                upload_stage(upload_rx, &repo, &shared, dry_run)
+        let uploaders = match options.uploaders {
+            0 if repo.storage().local_root().is_some() => 1,
+            0 => 4,
+            n => n,
+        };
+        let batch = Arc::new(IndexBatch {
+            packs: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(uploaders),
+        });
+        for n in 0..uploaders {
+            let (rx, repo, shared, batch) = (
+                upload_rx.clone(),
+                (**repo).clone(),
+                shared.clone(),
+                batch.clone(),
+            );
+            let dry_run = options.dry_run;
+            threads.push(spawn(format!("lifeboat-upload-{n}"), move || {
+                upload_stage(rx, &repo, &shared, &batch, dry_run)
             }));
         }
         BlobWriter {
@@ -332,15 +353,27 @@ fn pack_stage(
     }
 }
 
-fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared, dry_run: bool) {
-    let mut batch: Vec<PackRecord> = Vec::new();
-    let save_batch = |batch: &mut Vec<PackRecord>| -> Result<()> {
-        if batch.is_empty() {
+/// Packs stored but not yet named by an index object, shared by the upload threads.
+struct IndexBatch {
+    packs: Mutex<Vec<PackRecord>>,
+    /// Upload threads still running; the last one to finish writes the remainder.
+    live: AtomicUsize,
+}
+
+fn upload_stage(
+    rx: Receiver<FinishedPack>,
+    repo: &Repository,
+    shared: &Shared,
+    batch: &IndexBatch,
+    dry_run: bool,
+) {
+    let save_batch = |packs: Vec<PackRecord>| -> Result<()> {
+        if packs.is_empty() {
             return Ok(());
         }
         let file = IndexFile {
             supersedes: Vec::new(),
-            packs: std::mem::take(batch),
+            packs,
         };
         repo.save_index(&file)?;
         shared.index_files_written.fetch_add(1, Ordering::Relaxed);
@@ -370,17 +403,26 @@ fn upload_stage(rx: Receiver<FinishedPack>, repo: &Repository, shared: &Shared, 
             entries: pack.entries,
         };
         shared.packs.lock().push(record.clone());
-        batch.push(record);
-        if batch.len() >= INDEX_PACKS_PER_OBJECT
-            && let Err(e) = save_batch(&mut batch)
+        // A pack joins the batch only once it is stored, so an index object never names a
+        // pack that is not there.
+        let full = {
+            let mut packs = batch.packs.lock();
+            packs.push(record);
+            (packs.len() >= INDEX_PACKS_PER_OBJECT).then(|| std::mem::take(&mut *packs))
+        };
+        if let Some(packs) = full
+            && let Err(e) = save_batch(packs)
         {
             shared.fail(e);
         }
     }
-    if !shared.failed()
-        && !dry_run
-        && let Err(e) = save_batch(&mut batch)
-    {
-        shared.fail(e);
+    // The last thread out indexes what is left; the others' index writes finish before
+    // `BlobWriter::finish` returns, since it joins every thread.
+    let last = batch.live.fetch_sub(1, Ordering::SeqCst) == 1;
+    if last && !shared.failed() && !dry_run {
+        let rest = std::mem::take(&mut *batch.packs.lock());
+        if let Err(e) = save_batch(rest) {
+            shared.fail(e);
+        }
     }
 }

@@ -12,6 +12,9 @@
 //!   object under its final name.
 //! * **Create-only puts where the repository asks for them** ([`Storage::put_new`]): used for
 //!   `config`, whose loss or replacement would make the repository unreadable.
+//! * **Retries and timeouts on networked backends.** S3 requests go through OpenDAL's
+//!   `TimeoutLayer` and `RetryLayer` (exponential backoff with jitter); see [`NetworkOptions`].
+//!   Every retry is counted as one more request of its kind in [`RequestStats`].
 //! * **Synchronous calls.** The repository drives storage from plain threads; this crate owns the
 //!   async runtime OpenDAL needs, so callers never see it. Do not call it from inside an async
 //!   task: use `spawn_blocking`.
@@ -23,9 +26,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+use opendal::layers::{RetryEvent, RetryLayer, TimeoutLayer};
+use opendal::raw::Operation;
 use opendal::{ErrorKind, Operator, blocking, services};
+
+mod location;
+pub use location::{Location, S3Location};
 
 /// What went wrong talking to storage, and on which object.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +51,24 @@ pub enum StorageError {
     #[error("object {key} already exists in {location}; refusing to overwrite it")]
     AlreadyExists {
         /// Key of the existing object.
+        key: String,
+        /// Where the repository lives.
+        location: String,
+    },
+    /// The storage refused the operation (S3 `AccessDenied`): the credentials lack a permission.
+    #[error(
+        "{operation} {key} in {location} was refused: permission denied{}",
+        if *operation == "delete" {
+            " (append-only credentials cannot delete: backup and copy work with them, but \
+             forget, prune and key removal need credentials that may delete; see docs/storage.md)"
+        } else {
+            " (check the credentials' permissions on this bucket and prefix)"
+        }
+    )]
+    PermissionDenied {
+        /// The operation (put, get, list, stat, delete).
+        operation: &'static str,
+        /// The object or prefix.
         key: String,
         /// Where the repository lives.
         location: String,
@@ -122,6 +149,7 @@ pub struct RequestCounters {
     lists: AtomicU64,
     stats: AtomicU64,
     deletes: AtomicU64,
+    retries: AtomicU64,
     bytes_written: AtomicU64,
     bytes_read: AtomicU64,
 }
@@ -139,6 +167,9 @@ pub struct RequestStats {
     pub stats: u64,
     /// Objects deleted.
     pub deletes: u64,
+    /// Requests that failed transiently and were sent again (already included in the counts
+    /// above, since each one costs a request).
+    pub retries: u64,
     /// Bytes written.
     pub bytes_written: u64,
     /// Bytes read.
@@ -146,6 +177,20 @@ pub struct RequestStats {
 }
 
 impl RequestCounters {
+    /// Counts a retry as one more request of the kind being retried.
+    fn count_retry(&self, operation: Operation) {
+        let counter = match operation {
+            Operation::Read => &self.gets,
+            Operation::Write => &self.puts,
+            Operation::Stat => &self.stats,
+            Operation::List => &self.lists,
+            Operation::Delete => &self.deletes,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> RequestStats {
         RequestStats {
             puts: self.puts.load(Ordering::Relaxed),
@@ -153,6 +198,7 @@ impl RequestCounters {
             lists: self.lists.load(Ordering::Relaxed),
             stats: self.stats.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
         }
@@ -170,7 +216,7 @@ struct Inner {
     location: String,
     /// Set for the local filesystem backend, so puts can fsync directories after renames.
     local_root: Option<PathBuf>,
-    counters: RequestCounters,
+    counters: Arc<RequestCounters>,
     // Declared last so it is dropped after the operator that uses it.
     _runtime: tokio::runtime::Runtime,
 }
@@ -183,37 +229,143 @@ impl fmt::Debug for Storage {
     }
 }
 
+/// Retries and timeouts of networked backends (S3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkOptions {
+    /// Deadline of one metadata request (stat). `LIFEBOAT_TIMEOUT_SECS`, default 30.
+    pub timeout: Duration,
+    /// Deadline of each step of a transfer (sending a whole put, each read of a body, each
+    /// listing page). `LIFEBOAT_IO_TIMEOUT_SECS`, default 120: a 16 MiB pack must go out at
+    /// 1.2 Mbit/s or better.
+    pub io_timeout: Duration,
+    /// How often a transient failure (5xx, throttling, reset, timeout) is retried before the
+    /// operation fails. `LIFEBOAT_RETRIES`, default 8.
+    pub retries: usize,
+    /// First backoff; each next one doubles, with jitter. `LIFEBOAT_RETRY_MIN_SECS`, default 0.2.
+    pub min_backoff: Duration,
+    /// Longest backoff. Default 15 s.
+    pub max_backoff: Duration,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions {
+            timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(120),
+            retries: 8,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+        }
+    }
+}
+
+impl NetworkOptions {
+    /// Defaults, overridden by `LIFEBOAT_TIMEOUT_SECS`, `LIFEBOAT_IO_TIMEOUT_SECS`,
+    /// `LIFEBOAT_RETRIES` and `LIFEBOAT_RETRY_MIN_SECS` where set.
+    pub fn from_env() -> Result<Self> {
+        let mut options = NetworkOptions::default();
+        let seconds = |name: &str| -> Result<Option<Duration>> {
+            match std::env::var(name) {
+                Ok(text) => text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(|s| Some(Duration::from_secs_f64(s)))
+                    .ok_or_else(|| StorageError::Config {
+                        location: format!("{name}={text}"),
+                        reason: "expected a positive number of seconds".to_string(),
+                    }),
+                Err(_) => Ok(None),
+            }
+        };
+        if let Some(t) = seconds("LIFEBOAT_TIMEOUT_SECS")? {
+            options.timeout = t;
+        }
+        if let Some(t) = seconds("LIFEBOAT_IO_TIMEOUT_SECS")? {
+            options.io_timeout = t;
+        }
+        if let Some(t) = seconds("LIFEBOAT_RETRY_MIN_SECS")? {
+            options.min_backoff = t;
+            options.max_backoff = options.max_backoff.max(t);
+        }
+        if let Ok(text) = std::env::var("LIFEBOAT_RETRIES") {
+            options.retries = text.trim().parse().map_err(|_| StorageError::Config {
+                location: format!("LIFEBOAT_RETRIES={text}"),
+                reason: "expected a whole number".to_string(),
+            })?;
+        }
+        Ok(options)
+    }
+}
+
 /// Directory (relative to a local repository) where half-written objects live until renamed.
 pub const LOCAL_TEMP_DIR: &str = "tmp";
 
 impl Storage {
-    /// Opens existing storage from a location string: a local path (the embedded default) or
-    /// `memory:` (for tests; contents vanish with the process).
+    /// Opens existing storage from a location string (see [`Location`] for the forms): a local
+    /// path (the embedded default), an S3 URL, or `memory:` (for tests; contents vanish with the
+    /// process). Network settings come from the environment ([`NetworkOptions::from_env`]).
     pub fn open(location: &str) -> Result<Self> {
-        Self::open_inner(location, false)
+        Self::open_with(location, false, &NetworkOptions::from_env()?)
     }
 
     /// Like [`Storage::open`], creating a local directory that does not exist yet (for `init`).
+    /// An S3 bucket must exist already: Lifeboat never creates buckets.
     pub fn create(location: &str) -> Result<Self> {
-        Self::open_inner(location, true)
+        Self::open_with(location, true, &NetworkOptions::from_env()?)
     }
 
-    fn open_inner(location: &str, create: bool) -> Result<Self> {
-        if location == "memory:" || location.starts_with("memory:") {
-            return Self::memory();
+    /// Opens storage with explicit network settings; `create` creates a missing local directory.
+    pub fn open_with(location: &str, create: bool, network: &NetworkOptions) -> Result<Self> {
+        match Location::parse(location)? {
+            Location::Memory => Self::memory(),
+            Location::Local(path) if create => Self::local_create(Path::new(&path)),
+            Location::Local(path) => Self::local(Path::new(&path)),
+            Location::S3(s3) => Self::s3(location, &s3, network),
         }
-        let path = location.strip_prefix("local:").unwrap_or(location);
-        if path.contains("://") || path.starts_with("s3:") {
-            return Err(StorageError::Config {
-                location: location.to_string(),
-                reason: "only local paths are supported in this build".to_string(),
-            });
+    }
+
+    /// Opens an S3 bucket (AWS or S3-compatible). Credentials come from the usual AWS sources:
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, then the profile files
+    /// (`AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`), then, for AWS
+    /// endpoints only, the EC2 instance metadata service.
+    pub fn s3(location: &str, s3: &S3Location, network: &NetworkOptions) -> Result<Self> {
+        let env_region = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .ok()
+            .filter(|r| !r.is_empty());
+        let mut builder = services::S3::default().bucket(&s3.bucket).root(&s3.root());
+        match &s3.endpoint {
+            Some(endpoint) => {
+                // Path-style addressing (OpenDAL's default) works with every S3-compatible
+                // server; the region only enters the signature, so any value will do for
+                // servers that ignore it. Instance metadata is an AWS thing: never ask for it
+                // when talking to another server.
+                builder = builder
+                    .endpoint(endpoint)
+                    .region(env_region.as_deref().unwrap_or("us-east-1"))
+                    .disable_ec2_metadata();
+            }
+            None => {
+                let Some(region) = env_region else {
+                    return Err(StorageError::Config {
+                        location: location.to_string(),
+                        reason: "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), or give \
+                                 the endpoint in the URL (s3:https://host/bucket/prefix)"
+                            .to_string(),
+                    });
+                };
+                builder = builder.region(&region);
+            }
         }
-        if create {
-            Self::local_create(Path::new(path))
-        } else {
-            Self::local(Path::new(path))
-        }
+        // Content-MD5 on every PUT: the server checks the bytes it received against it (so
+        // corruption on the way is refused, not stored), and buckets with Object Lock
+        // retention require it. Lifeboat's PUTs are single-part, where MD5 is allowed.
+        builder = builder.checksum_algorithm("md5");
+        // The reqwest (rustls) HTTP transport, installed once per process.
+        opendal::install_default();
+        Self::build(builder, location.to_string(), None, Some(network))
     }
 
     /// Opens an existing local directory as storage.
@@ -242,18 +394,24 @@ impl Storage {
         let builder = services::Fs::default()
             .root(root_str)
             .atomic_write_dir(temp.to_str().expect("UTF-8 root gives UTF-8 temp dir"));
-        Self::build(builder, root.display().to_string(), Some(root))
+        Self::build(builder, root.display().to_string(), Some(root), None)
     }
 
     /// In-memory storage for unit tests.
     pub fn memory() -> Result<Self> {
-        Self::build(services::Memory::default(), "memory:".to_string(), None)
+        Self::build(
+            services::Memory::default(),
+            "memory:".to_string(),
+            None,
+            None,
+        )
     }
 
     fn build(
         builder: impl opendal::Builder,
         location: String,
         local_root: Option<PathBuf>,
+        network: Option<&NetworkOptions>,
     ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -269,7 +427,38 @@ impl Storage {
             location: location.clone(),
             reason: source.to_string(),
         };
-        let op = Operator::new(builder).map_err(config_error)?;
+        let counters = Arc::new(RequestCounters::default());
+        let mut op = Operator::new(builder).map_err(config_error)?;
+        if let Some(network) = network {
+            let retry_counters = counters.clone();
+            let notify = move |event: RetryEvent<'_>| {
+                retry_counters.count_retry(event.op);
+                tracing::warn!(
+                    "retrying {} (attempt {}) in {:.1} s: {}",
+                    event.op,
+                    event.attempt,
+                    event.retry_after.as_secs_f64(),
+                    event.err
+                );
+            };
+            // Timeout inside retry, so each attempt has its own deadline and a timed-out
+            // attempt is retried (OpenDAL's documented order).
+            op = op
+                .layer(
+                    TimeoutLayer::new()
+                        .with_timeout(network.timeout)
+                        .with_io_timeout(network.io_timeout),
+                )
+                .layer(
+                    RetryLayer::new()
+                        .with_jitter()
+                        .with_factor(2.0)
+                        .with_min_delay(network.min_backoff)
+                        .with_max_delay(network.max_backoff)
+                        .with_max_times(network.retries)
+                        .with_notify(notify),
+                );
+        }
         let op = {
             let _guard = runtime.enter();
             blocking::Operator::new(op).map_err(config_error)?
@@ -279,7 +468,7 @@ impl Storage {
                 op,
                 location,
                 local_root,
-                counters: RequestCounters::default(),
+                counters,
                 _runtime: runtime,
             }),
         })
@@ -311,6 +500,11 @@ impl Storage {
                 key: key.to_string(),
                 location: self.inner.location.clone(),
             },
+            ErrorKind::PermissionDenied => StorageError::PermissionDenied {
+                operation,
+                key: key.to_string(),
+                location: self.inner.location.clone(),
+            },
             ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
                 StorageError::AlreadyExists {
                     key: key.to_string(),
@@ -334,8 +528,24 @@ impl Storage {
     }
 
     /// Writes an object only if no object with this key exists yet.
+    ///
+    /// On the local disk this is an exclusive create. On S3 it is a conditional PUT
+    /// (`If-None-Match: *`), which AWS S3 and current S3-compatible servers honour (a second
+    /// writer gets 412 and this returns [`StorageError::AlreadyExists`]); a server that ignores
+    /// the header overwrites, so there two racing `init`s can both appear to succeed.
+    ///
+    /// A conditional put whose answer was lost (a reset or a cut-off response after the server
+    /// stored the object) is retried and then meets its own object. So an existing object with
+    /// exactly the bytes given counts as success: that is indistinguishable from having written
+    /// it, and callers write objects no other writer could produce byte for byte (random salts).
     pub fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
-        self.put_inner(key, data, true)
+        match self.put_inner(key, data.clone(), true) {
+            Err(StorageError::AlreadyExists { key: k, location }) => match self.get(key) {
+                Ok(existing) if existing == data => Ok(()),
+                _ => Err(StorageError::AlreadyExists { key: k, location }),
+            },
+            other => other,
+        }
     }
 
     fn put_inner(&self, key: &str, data: Bytes, if_not_exists: bool) -> Result<()> {
@@ -507,6 +717,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
         assert_eq!(storage.get("a/two").unwrap(), Bytes::from_static(b"world!"));
+        // The same bytes again: a retried create-only put that meets its own object.
+        storage
+            .put_new("a/two", Bytes::from_static(b"world!"))
+            .unwrap();
         storage.delete("a/two").unwrap();
         storage.delete("a/two").unwrap();
         assert!(!storage.exists("a/two").unwrap());

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod faultproxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
