@@ -241,8 +241,33 @@ pub fn check(
         .filter(|id| stored.contains_key(id))
         .copied()
         .collect();
-    for pack_id in select_packs(&present, read, last_verified) {
-        verify_pack(repo, &pack_id, &mut report);
+    // Packs are verified in parallel, one thread per core: decryption, decompression and
+    // hashing are CPU-bound, and on object storage the downloads overlap.
+    let queue = parking_lot::Mutex::new(select_packs(&present, read, last_verified));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let partial: Vec<CheckReport> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut part = CheckReport::default();
+                    while let Some(pack_id) = queue.lock().pop() {
+                        verify_pack(repo, &pack_id, &mut part);
+                    }
+                    part
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("check worker panicked"))
+            .collect()
+    });
+    for part in partial {
+        report.packs_read += part.packs_read;
+        report.bytes_read += part.bytes_read;
+        report.blobs_verified += part.blobs_verified;
+        report.errors.extend(part.errors);
+        report.verified.extend(part.verified);
     }
     Ok(report)
 }
