@@ -250,7 +250,11 @@ pub fn check(
             .map(|_| {
                 scope.spawn(|| {
                     let mut part = CheckReport::default();
-                    while let Some(pack_id) = queue.lock().pop() {
+                    loop {
+                        // A separate statement, so the lock is released before the work.
+                        let Some(pack_id) = queue.lock().pop() else {
+                            break;
+                        };
                         verify_pack(repo, &pack_id, &mut part);
                     }
                     part
