@@ -680,6 +680,18 @@ fn init(global: &GlobalArgs, args: &InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The lines of a list file (`--files-from`, `--exclude-file`), without blanks and `#` comments.
+fn list_file(file: &std::path::Path, flag: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {flag} {}", file.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
 fn backup(
     global: &GlobalArgs,
     args: &BackupArgs,
@@ -692,26 +704,16 @@ fn backup(
     };
     let mut paths = args.paths.clone();
     for file in &args.files_from {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --files-from {}", file.display()))?;
         paths.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            list_file(file, "--files-from")?
+                .into_iter()
                 .map(PathBuf::from),
         );
     }
     let mut excludes = args.excludes.clone();
     excludes.extend(defaults.excludes.iter().cloned());
     for file in &args.exclude_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --exclude-file {}", file.display()))?;
-        excludes.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
-        );
+        excludes.extend(list_file(file, "--exclude-file")?);
     }
     if !args.stdin && paths.is_empty() {
         bail!("nothing to back up: the --files-from files list no paths");
