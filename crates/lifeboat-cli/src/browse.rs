@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lifeboat_repo::browse::{self, Change};
-use lifeboat_repo::{Node, NodeKind};
+use lifeboat_repo::{IndexedRepository, Node, NodeKind};
 
 use crate::{GlobalArgs, bytes, open};
 
@@ -92,16 +92,17 @@ fn node_json(path: &Path, node: &Node) -> serde_json::Value {
     })
 }
 
-pub fn ls(global: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
+/// Opens the repository and finds the entry at `path` in the snapshot `query` names.
+fn open_entry(global: &GlobalArgs, query: &str, path: &Path) -> Result<(IndexedRepository, Node)> {
     let repo = open(global)?.load_index()?;
-    let entry = repo.find_snapshot(&args.snapshot)?;
-    let start = browse::lookup(&repo, &entry.snapshot.tree, &args.path)?.with_context(|| {
-        format!(
-            "{} is not in snapshot {}",
-            args.path.display(),
-            entry.id.short()
-        )
-    })?;
+    let entry = repo.find_snapshot(query)?;
+    let node = browse::lookup(&repo, &entry.snapshot.tree, path)?
+        .with_context(|| format!("{} is not in snapshot {}", path.display(), entry.id.short()))?;
+    Ok((repo, node))
+}
+
+pub fn ls(global: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
+    let (repo, start) = open_entry(global, &args.snapshot, &args.path)?;
     let mut out = std::io::stdout().lock();
     let mut print = |path: &Path, node: &Node| -> Result<()> {
         if global.json {
@@ -145,15 +146,7 @@ pub fn ls(global: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
 }
 
 pub fn dump(global: &GlobalArgs, args: &DumpArgs) -> Result<ExitCode> {
-    let repo = open(global)?.load_index()?;
-    let entry = repo.find_snapshot(&args.snapshot)?;
-    let node = browse::lookup(&repo, &entry.snapshot.tree, &args.path)?.with_context(|| {
-        format!(
-            "{} is not in snapshot {}",
-            args.path.display(),
-            entry.id.short()
-        )
-    })?;
+    let (repo, node) = open_entry(global, &args.snapshot, &args.path)?;
     if node.kind != NodeKind::File {
         bail!(
             "{} is a {:?}, not a file; use `lifeboat restore --include` for directories",
