@@ -5,7 +5,7 @@
 //! ```text
 //! 0..4   magic "LBOB"
 //! 4      format version (1)
-//! 5      kind (1 config, 2 index, 3 snapshot)
+//! 5      kind (1 config, 2 index, 3 snapshot, 4 stream)
 //! 6      compression of the plaintext (0 none, 1 zstd)
 //! 7      reserved, 0
 //! 8..40  salt: the object's AES-256-GCM key is derived from it
@@ -14,6 +14,10 @@
 //!
 //! Binding the header as associated data means an attacker cannot pass off a snapshot as an
 //! index, or flip the compression flag, without failing authentication.
+//!
+//! Stream objects (journal segments of database sources) are named by their position rather
+//! than by their hash, so their storage key is bound too: the associated data is the header
+//! followed by the key, and an object moved to another name fails authentication.
 
 use crate::crypto::{NonceDomain, ObjectKeys, SALT_LEN, TAG_LEN, random_salt};
 use crate::{Error, Result};
@@ -33,6 +37,8 @@ pub enum ObjectKind {
     Index = 2,
     /// A snapshot description.
     Snapshot = 3,
+    /// A segment of a source's journal (SQLite WAL frames, PostgreSQL WAL), named by position.
+    Stream = 4,
 }
 
 impl ObjectKind {
@@ -41,12 +47,25 @@ impl ObjectKind {
             ObjectKind::Config => "config",
             ObjectKind::Index => "index",
             ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Stream => "stream",
         }
     }
 }
 
 /// Compresses (zstd) and encrypts `plain` as an object of `kind`.
 pub fn seal(key: &ObjectKeys, kind: ObjectKind, plain: &[u8], zstd_level: i32) -> Vec<u8> {
+    seal_bound(key, kind, plain, zstd_level, b"")
+}
+
+/// Like [`seal`], and also authenticates `name` (the storage key), which [`open_bound`] must be
+/// given again.
+pub fn seal_bound(
+    key: &ObjectKeys,
+    kind: ObjectKind,
+    plain: &[u8],
+    zstd_level: i32,
+    name: &[u8],
+) -> Vec<u8> {
     let compressed = zstd::bulk::compress(plain, zstd_level).expect("in-memory zstd cannot fail");
     let salt = random_salt();
     let mut out = Vec::with_capacity(HEADER_LEN + SALT_LEN + compressed.len() + TAG_LEN);
@@ -55,7 +74,8 @@ pub fn seal(key: &ObjectKeys, kind: ObjectKind, plain: &[u8], zstd_level: i32) -
     out.extend_from_slice(&salt);
     let start = out.len();
     out.extend_from_slice(&compressed);
-    let aad: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().expect("header");
+    let mut aad = out[..HEADER_LEN].to_vec();
+    aad.extend_from_slice(name);
     key.cipher(&salt)
         .seal_in_place(NonceDomain::Object, 0, &aad, &mut out, start);
     out
@@ -63,6 +83,17 @@ pub fn seal(key: &ObjectKeys, kind: ObjectKind, plain: &[u8], zstd_level: i32) -
 
 /// Checks, decrypts and decompresses an object that should be of `kind`. `what` names it in errors.
 pub fn open(key: &ObjectKeys, kind: ObjectKind, stored: &[u8], what: &str) -> Result<Vec<u8>> {
+    open_bound(key, kind, stored, what, b"")
+}
+
+/// Opens an object sealed by [`seal_bound`] under `name`.
+pub fn open_bound(
+    key: &ObjectKeys,
+    kind: ObjectKind,
+    stored: &[u8],
+    what: &str,
+    name: &[u8],
+) -> Result<Vec<u8>> {
     if stored.len() < HEADER_LEN + SALT_LEN + TAG_LEN || &stored[..4] != MAGIC {
         return Err(Error::corrupt(what));
     }
@@ -86,12 +117,14 @@ pub fn open(key: &ObjectKeys, kind: ObjectKind, stored: &[u8], what: &str) -> Re
     let salt: [u8; SALT_LEN] = stored[HEADER_LEN..HEADER_LEN + SALT_LEN]
         .try_into()
         .expect("salt");
+    let mut aad = stored[..HEADER_LEN].to_vec();
+    aad.extend_from_slice(name);
     let plain = key
         .cipher(&salt)
         .open(
             NonceDomain::Object,
             0,
-            &stored[..HEADER_LEN],
+            &aad,
             &stored[HEADER_LEN + SALT_LEN..],
         )
         .map_err(|_| Error::corrupt(what))?;
@@ -144,5 +177,18 @@ mod tests {
             ),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_bound_object_opens_only_under_its_own_name() {
+        let key = MasterKey::generate();
+        let key = key.objects();
+        let sealed = seal_bound(key, ObjectKind::Stream, b"frames", 3, b"streams/a/0001");
+        assert_eq!(
+            open_bound(key, ObjectKind::Stream, &sealed, "x", b"streams/a/0001").unwrap(),
+            b"frames"
+        );
+        assert!(open_bound(key, ObjectKind::Stream, &sealed, "x", b"streams/a/0002").is_err());
+        assert!(open(key, ObjectKind::Stream, &sealed, "x").is_err());
     }
 }

@@ -30,6 +30,8 @@ pub const DATA_PREFIX: &str = "data/";
 pub const INDEX_PREFIX: &str = "index/";
 /// Prefix of snapshots.
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+/// Where database sources keep their journals: `streams/<stream>/<name>`.
+pub const STREAMS_PREFIX: &str = "streams/";
 
 /// Storage key of a pack: packs are spread over 256 directories by their first id byte.
 pub fn pack_key(id: &Id) -> String {
@@ -394,6 +396,75 @@ impl Repository {
         }
     }
 
+    /// Seals `plain` and stores it create-only as object `name` of journal `stream`.
+    ///
+    /// Stream objects are how database sources keep what changes between snapshots (SQLite WAL
+    /// frames, PostgreSQL WAL segments): small, named by position so they list in order, and
+    /// bound to their name so storage cannot reorder or swap them. Both names may hold only
+    /// ASCII letters, digits, `.`, `_` and `-`, so choose ones that sort in position order and
+    /// that reveal nothing (a keyed hash rather than a database path). Writing a name that
+    /// exists with other bytes fails with [`lifeboat_storage::StorageError::AlreadyExists`].
+    pub fn put_stream_object(&self, stream: &str, name: &str, plain: &[u8]) -> Result<()> {
+        let key = stream_key(stream, name)?;
+        let sealed = object::seal_bound(
+            self.key.objects(),
+            ObjectKind::Stream,
+            plain,
+            self.config.compression_level,
+            key.as_bytes(),
+        );
+        Ok(self.storage.put_new(&key, Bytes::from(sealed))?)
+    }
+
+    /// Reads, authenticates and opens stream object `name` of `stream`.
+    pub fn get_stream_object(&self, stream: &str, name: &str) -> Result<Vec<u8>> {
+        let key = stream_key(stream, name)?;
+        let sealed = self.storage.get(&key)?;
+        object::open_bound(
+            self.key.objects(),
+            ObjectKind::Stream,
+            &sealed,
+            &key,
+            key.as_bytes(),
+        )
+    }
+
+    /// Names of the objects of `stream`, sorted.
+    pub fn list_stream_objects(&self, stream: &str) -> Result<Vec<String>> {
+        let prefix = stream_prefix(stream)?;
+        let mut names: Vec<String> = self
+            .storage
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_string))
+            .filter(|name| valid_stream_name(name))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Names of all streams, sorted.
+    pub fn list_streams(&self) -> Result<Vec<String>> {
+        let mut streams: Vec<String> = self
+            .storage
+            .list(STREAMS_PREFIX)?
+            .into_iter()
+            .filter_map(|o| {
+                let rest = o.key.strip_prefix(STREAMS_PREFIX)?;
+                let (stream, _) = rest.split_once('/')?;
+                valid_stream_name(stream).then(|| stream.to_string())
+            })
+            .collect();
+        streams.sort();
+        streams.dedup();
+        Ok(streams)
+    }
+
+    /// Deletes stream object `name` of `stream` (retention of a journal is its source's job).
+    pub fn delete_stream_object(&self, stream: &str, name: &str) -> Result<()> {
+        Ok(self.storage.delete(&stream_key(stream, name)?)?)
+    }
+
     /// Stores an index object.
     pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
         self.save_object(INDEX_PREFIX, ObjectKind::Index, &file.encode())
@@ -438,6 +509,38 @@ impl Repository {
         let entries = pack::parse_header(&self.key, &trailer, &sealed, len, &key)?;
         Ok((trailer, entries))
     }
+}
+
+fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_stream_name(name: &str) -> Result<()> {
+    if valid_stream_name(name) {
+        Ok(())
+    } else {
+        Err(Error::malformed(
+            format!("stream name {name:?}"),
+            "only ASCII letters, digits, '.', '_' and '-' are allowed, and not '.' first",
+        ))
+    }
+}
+
+/// `streams/<stream>/`.
+fn stream_prefix(stream: &str) -> Result<String> {
+    check_stream_name(stream)?;
+    Ok(format!("{STREAMS_PREFIX}{stream}/"))
+}
+
+/// `streams/<stream>/<name>`.
+fn stream_key(stream: &str, name: &str) -> Result<String> {
+    check_stream_name(name)?;
+    Ok(stream_prefix(stream)? + name)
 }
 
 /// A repository with its index loaded: blobs can be read and written.
@@ -550,5 +653,56 @@ impl IndexedRepository {
             ));
         }
         Tree::from_bytes(&self.read_blob(id)?, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_repo() -> Repository {
+        let options = InitOptions {
+            kdf: crate::KdfParams::insecure_for_tests(),
+            ..Default::default()
+        };
+        Repository::init(Storage::memory().unwrap(), b"pw", &options).unwrap()
+    }
+
+    #[test]
+    fn stream_objects_list_in_order_and_cannot_be_swapped() {
+        let repo = test_repo();
+        repo.put_stream_object("db1", "0002", b"second").unwrap();
+        repo.put_stream_object("db1", "0001", b"first").unwrap();
+        repo.put_stream_object("db2", "0001", b"other").unwrap();
+        assert_eq!(repo.list_streams().unwrap(), ["db1", "db2"]);
+        assert_eq!(repo.list_stream_objects("db1").unwrap(), ["0001", "0002"]);
+        assert_eq!(repo.get_stream_object("db1", "0002").unwrap(), b"second");
+
+        // Storage that moves an object to another position is caught.
+        let moved = repo.storage().get("streams/db1/0001").unwrap();
+        repo.storage().put("streams/db1/0002", moved).unwrap();
+        assert!(matches!(
+            repo.get_stream_object("db1", "0002"),
+            Err(Error::Corrupt { .. })
+        ));
+
+        // Create-only: a second writer cannot replace a segment.
+        assert!(repo.put_stream_object("db2", "0001", b"again").is_err());
+        assert_eq!(repo.get_stream_object("db2", "0001").unwrap(), b"other");
+
+        repo.delete_stream_object("db1", "0001").unwrap();
+        assert_eq!(repo.list_stream_objects("db1").unwrap(), ["0002"]);
+    }
+
+    #[test]
+    fn stream_names_that_could_escape_their_prefix_are_refused() {
+        let repo = test_repo();
+        for bad in ["", "../config", "a/b", ".hidden", "sp ace"] {
+            assert!(
+                repo.put_stream_object(bad, "0001", b"x").is_err(),
+                "{bad:?}"
+            );
+            assert!(repo.put_stream_object("db", bad, b"x").is_err(), "{bad:?}");
+        }
     }
 }
