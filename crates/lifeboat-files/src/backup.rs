@@ -65,6 +65,11 @@ pub struct BackupOptions {
     pub readers: usize,
     /// Tuning of the write pipeline.
     pub writer: WriterOptions,
+    /// Kind of source recorded in the snapshot: database sources that store their files
+    /// through this crate set their own.
+    pub source: SourceKind,
+    /// Source-specific position recorded in the snapshot (see [`Snapshot::source_state`]).
+    pub source_state: Option<serde_json::Value>,
 }
 
 /// Live counters, readable from another thread while a backup runs (for progress bars).
@@ -729,9 +734,10 @@ impl Pending {
             username: options.username.clone(),
             tags: options.tags.clone(),
             parent: self.parent,
-            source: SourceKind::Files,
+            source: options.source,
             program_version: env!("CARGO_PKG_VERSION").to_string(),
             summary: Some(summary),
+            source_state: options.source_state.clone(),
         };
         if options.writer.dry_run {
             // Nothing was stored, so there is nothing to name: the id stays zero.

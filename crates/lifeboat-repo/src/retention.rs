@@ -338,6 +338,7 @@ mod tests {
                 source: SourceKind::Files,
                 program_version: "test".into(),
                 summary: None,
+                source_state: None,
             },
         }
     }

@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::Id;
 
 /// What kind of source a snapshot protects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// A file tree.
+    #[default]
     Files,
     /// An SQLite database.
     Sqlite,
@@ -78,6 +79,11 @@ pub struct Snapshot {
     /// Figures of the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<BackupSummary>,
+    /// Where a database source's journal stood when this snapshot was taken (for SQLite the
+    /// WAL generation and offset, for PostgreSQL the start/stop LSN and timeline), so that a
+    /// restore knows which stream objects to replay on top. Its shape belongs to the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_state: Option<serde_json::Value>,
 }
 
 /// A snapshot with its id (the object name).
