@@ -748,8 +748,9 @@ impl Pending {
                 requests: repo.storage().request_stats(),
             });
         }
-        let snapshot_id = repo.save_snapshot(&snapshot)?;
         repo.add_packs(std::mem::take(&mut stats.packs));
+        let snapshot_id =
+            lifeboat_repo::prune::save_snapshot_guarded(repo, &snapshot, &options.writer)?;
         Ok(BackupOutcome {
             snapshot_id,
             snapshot,

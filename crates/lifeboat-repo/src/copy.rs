@@ -133,7 +133,8 @@ pub fn copy_snapshots(
         stats.bytes_copied += bytes;
         stats.packs_written += written.packs_written;
         destination.add_packs(written.packs);
-        let id = destination.save_snapshot(&entry.snapshot)?;
+        let id =
+            crate::prune::save_snapshot_guarded(destination, &entry.snapshot, &options.writer)?;
         stats.copied.push(CopiedSnapshot {
             source: entry.id,
             destination: id,

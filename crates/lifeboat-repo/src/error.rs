@@ -90,6 +90,16 @@ pub enum Error {
     #[error("key derivation failed: {0}")]
     Kdf(String),
 
+    /// A prune deleted packs that a running backup had deduplicated against.
+    #[error(
+        "a prune that ran while this backup did deleted {blobs} blob(s) it had reused; the \
+         snapshot was not written (nothing else was lost): run the backup again"
+    )]
+    PrunedConcurrently {
+        /// How many blobs the snapshot would lack.
+        blobs: usize,
+    },
+
     /// A copy between repositories whose blob ids do not agree.
     #[error(
         "{to} does not share content keys with {from}, so blob ids differ and a copy \

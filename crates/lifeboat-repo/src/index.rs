@@ -19,7 +19,7 @@
 //! about 60 bytes with the table's overhead (measured figures are in `docs/format.md`).
 
 use crate::crypto::SALT_LEN;
-use crate::id::IdMap;
+use crate::id::{IdMap, IdSet};
 use crate::pack::{BlobType, Compression, ENTRY_LEN, PackEntry};
 use crate::{Error, Id, Result};
 
@@ -204,6 +204,44 @@ impl Index {
                 compression: e.compression,
             });
         }
+    }
+
+    /// Position of a pack in [`Self::packs`], if the index has it.
+    pub fn pack_position(&self, id: &Id) -> Option<u32> {
+        self.pack_positions.get(id).copied()
+    }
+
+    /// The packs of the index as records (as an index object would hold them), except those in
+    /// `leave_out`.
+    pub fn pack_records(&self, leave_out: &IdSet) -> Vec<PackRecord> {
+        let mut records: Vec<PackRecord> = self
+            .packs
+            .iter()
+            .map(|p| PackRecord {
+                id: p.id,
+                salt: p.salt,
+                entries: Vec::new(),
+            })
+            .collect();
+        for (id, location) in &self.blobs {
+            records[location.pack as usize]
+                .entries
+                .push(self.entry(*id, location));
+        }
+        records.retain(|r| !leave_out.contains(&r.id));
+        for record in &mut records {
+            record.entries.sort_by_key(|e| e.offset);
+        }
+        records
+    }
+
+    /// A copy without the packs in `leave_out` (blobs only they held are gone from it).
+    pub fn without_packs(&self, leave_out: &IdSet) -> Index {
+        let mut index = Index::new();
+        for record in self.pack_records(leave_out) {
+            index.add_pack(record);
+        }
+        index
     }
 
     /// Location of a blob.

@@ -43,6 +43,7 @@ pub mod index;
 pub mod keyfile;
 pub mod object;
 pub mod pack;
+pub mod prune;
 pub mod repair;
 pub mod repository;
 pub mod retention;

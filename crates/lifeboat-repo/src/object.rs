@@ -5,7 +5,7 @@
 //! ```text
 //! 0..4   magic "LBOB"
 //! 4      format version (1)
-//! 5      kind (1 config, 2 index, 3 snapshot, 4 stream)
+//! 5      kind (1 config, 2 index, 3 snapshot, 4 stream, 5 prune plan)
 //! 6      compression of the plaintext (0 none, 1 zstd)
 //! 7      reserved, 0
 //! 8..40  salt: the object's AES-256-GCM key is derived from it
@@ -39,6 +39,8 @@ pub enum ObjectKind {
     Snapshot = 3,
     /// A segment of a source's journal (SQLite WAL frames, PostgreSQL WAL), named by position.
     Stream = 4,
+    /// A prune plan: the packs a mark doomed, for its sweep.
+    PrunePlan = 5,
 }
 
 impl ObjectKind {
@@ -48,6 +50,7 @@ impl ObjectKind {
             ObjectKind::Index => "index",
             ObjectKind::Snapshot => "snapshot",
             ObjectKind::Stream => "stream",
+            ObjectKind::PrunePlan => "prune plan",
         }
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! Every pack carries its own authenticated header, so the index is a cache that can always be
 //! rebuilt: after index objects are lost or damaged, or to take in packs that an interrupted
-//! backup stored but never indexed. The new index objects are written first and name the old
-//! ones as superseded; only then are the old ones deleted, so a crash at any point leaves a
-//! readable repository (at worst with duplicate index entries, which are harmless).
+//! backup stored but never indexed. The new index objects are written first, the last of them
+//! naming the old ones as superseded; only then are the old ones deleted, so a crash at any point
+//! leaves a readable repository (at worst with duplicate index entries, which are harmless).
 
-use crate::index::{INDEX_PACKS_PER_OBJECT, IndexFile, PackRecord};
+use crate::index::PackRecord;
 use crate::repository::{DATA_PREFIX, INDEX_PREFIX, Repository};
 use crate::{Id, Result};
 
@@ -50,17 +50,13 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
             Err(e) => report.unreadable_packs.push((id, e.to_string())),
         }
     }
-    for chunk in records.chunks(INDEX_PACKS_PER_OBJECT) {
-        let file = IndexFile {
-            supersedes: old_index.clone(),
-            packs: chunk.to_vec(),
-        };
-        repo.save_index(&file)?;
-        report.index_files_written += 1;
-    }
+    report.index_files_written = repo.commit_index(&records, &old_index)?.len() as u64;
     for id in &old_index {
-        repo.storage().delete(&format!("{INDEX_PREFIX}{id}"))?;
-        report.index_files_removed += 1;
+        match repo.storage().delete(&format!("{INDEX_PREFIX}{id}")) {
+            Ok(()) => report.index_files_removed += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(report)
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{ContentKeys, MasterKey, ObjectKeys, generate_secret};
-use crate::index::{Index, IndexFile};
+use crate::id::IdSet;
+use crate::index::{Index, IndexFile, PackRecord};
 use crate::keyfile::{KdfParams, KeyFile};
 use crate::object::{self, ObjectKind};
 use crate::pack::{self, BlobType, PackEntry};
@@ -476,18 +477,82 @@ impl Repository {
         IndexFile::decode(&plain, &format!("index {id}"))
     }
 
-    /// Loads every index object into memory.
+    /// Loads the index into memory: every index object that no other index object supersedes.
+    ///
+    /// Prune and repair write a new index before they delete the objects it replaces, so for a
+    /// while both are in storage; the `supersedes` lists say which ones count. Objects written
+    /// by concurrent backups are superseded by nobody and always count.
     pub fn load_index(self) -> Result<IndexedRepository> {
-        let mut index = Index::new();
-        for id in self.list_ids(INDEX_PREFIX)? {
-            let file = self.load_index_file(&id)?;
-            index.add_file(id, file);
-        }
+        let index = self.read_index()?;
         Ok(IndexedRepository {
             repo: self,
             index: Arc::new(index),
             tree_packs: Arc::default(),
         })
+    }
+
+    /// Reads the current index (see [`Self::load_index`]) without keeping it.
+    pub fn read_index(&self) -> Result<Index> {
+        let mut files = Vec::new();
+        let mut superseded = IdSet::default();
+        for id in self.list_ids(INDEX_PREFIX)? {
+            match self.load_index_file(&id) {
+                Ok(file) => {
+                    superseded.extend(file.supersedes.iter().copied());
+                    files.push((id, file));
+                }
+                // Deleted between the listing and the read: a prune sweep removed a superseded
+                // object, whose replacement is in the listing.
+                Err(Error::Storage(e)) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut index = Index::new();
+        for (id, file) in files {
+            if !superseded.contains(&id) {
+                index.add_file(id, file);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Writes `packs` as new index objects, the last of which supersedes `supersedes`.
+    ///
+    /// The superseding object is written last, so a crash part way leaves the old objects in
+    /// force (plus harmless duplicates), never an index that lacks packs. With no packs, one
+    /// empty object carries the list.
+    pub fn commit_index(&self, packs: &[PackRecord], supersedes: &[Id]) -> Result<Vec<Id>> {
+        let mut written = Vec::new();
+        let chunks: Vec<&[PackRecord]> = if packs.is_empty() {
+            vec![&[]]
+        } else {
+            packs.chunks(crate::index::INDEX_PACKS_PER_OBJECT).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            if i == last && supersedes.is_empty() && chunk.is_empty() {
+                break;
+            }
+            let file = IndexFile {
+                supersedes: if i == last {
+                    supersedes.to_vec()
+                } else {
+                    Vec::new()
+                },
+                packs: chunk.to_vec(),
+            };
+            written.push(self.save_index(&file)?);
+        }
+        Ok(written)
+    }
+
+    /// Wraps an index built elsewhere (e.g. one that leaves out packs prune will delete).
+    pub fn with_index(self, index: Index) -> IndexedRepository {
+        IndexedRepository {
+            repo: self,
+            index: Arc::new(index),
+            tree_packs: Arc::default(),
+        }
     }
 
     /// Reads and authenticates a pack's header (two range reads of its tail).
@@ -583,6 +648,13 @@ impl IndexedRepository {
     /// The loaded index.
     pub fn index(&self) -> &Arc<Index> {
         &self.index
+    }
+
+    /// Replaces the loaded index (e.g. with a freshly read one).
+    pub fn replace_index(&mut self, index: Index) {
+        self.index = Arc::new(index);
+        // The cache is keyed by pack position, which a new index renumbers.
+        self.tree_packs = Arc::default();
     }
 
     /// Adds packs written since the index was loaded (from [`crate::WriterStats::packs`]).

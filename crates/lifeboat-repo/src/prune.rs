@@ -1,0 +1,1126 @@
+//! Prune: frees the space of data that no snapshot uses, in two phases and without locks.
+//!
+//! Backups from any number of hosts keep running while prune runs. The scheme:
+//!
+//! 1. **Mark.** Walk every snapshot to find the blobs in use. Packs holding nothing in use are
+//!    *doomed*; packs holding mostly unused data are *repacked* (their used blobs copied into new
+//!    packs) and doomed too. A new index without the doomed packs is committed, superseding every
+//!    index object listed at the start, and then a *plan* object (`prune/<id>`) records the
+//!    doomed packs with their contents, the snapshots the mark saw, and the time. From then on
+//!    backups no longer deduplicate against doomed packs.
+//! 2. **Sweep**, in a later prune run, once the plan is older than its grace period. Snapshots
+//!    written since the mark are walked; a doomed pack holding a blob one of them needs (a backup
+//!    that started before the mark deduplicated against it) is indexed again instead of being
+//!    deleted. The other doomed packs are deleted, then the superseded index objects, and the
+//!    plan is rewritten as swept; it is removed one grace period later.
+//! 3. **Backups protect themselves** ([`save_snapshot_guarded`]): just before writing its
+//!    snapshot, a backup reads the plans; if its snapshot uses a blob it found in a doomed pack,
+//!    it stores that blob again first. A plan created after that check is swept no sooner than a
+//!    grace period later, and the snapshot is written within half of [`MIN_GRACE`] of the check
+//!    (it checks again otherwise), so the sweep sees the snapshot and rescues what it needs.
+//!
+//! A crash at any point leaves a readable repository: the new index is committed before the
+//! plan, deletions happen only in a sweep, and a pack the current index names is never deleted.
+//! What an interrupted run leaves behind (unindexed packs, superseded index objects) is found
+//! and handled by the next run. `docs/maintenance.md` walks through the argument.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::id::IdSet;
+use crate::index::{IndexFile, PackRecord};
+use crate::object::ObjectKind;
+use crate::pack::{self, BlobType};
+use crate::repository::{DATA_PREFIX, INDEX_PREFIX, IndexedRepository, Repository, pack_key};
+use crate::snapshot::Snapshot;
+use crate::writer::{BlobWriter, WriterOptions};
+use crate::{Error, Id, Result};
+
+/// Where prune plans are stored.
+pub const PLANS_PREFIX: &str = "prune/";
+/// How long doomed packs stay by default before a sweep may delete them: long enough for any
+/// reader (a restore, a check) that loaded the index before the mark to finish.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// The shortest grace period prune accepts. Backups write their snapshot within half of it
+/// after checking the plans, which is what makes concurrent backups safe.
+pub const MIN_GRACE: Duration = Duration::from_secs(10);
+const PLAN_VERSION: u32 = 1;
+
+/// Environment variable that makes prune abort itself at a named step; for crash tests only.
+pub const KILL_AT_ENV: &str = "LIFEBOAT_TEST_KILL_AT";
+
+/// Dies on the spot, like `kill -9`, when the crash tests ask for it at `step`.
+fn crash_point(step: &str) {
+    if std::env::var(KILL_AT_ENV).is_ok_and(|v| v == step) {
+        std::process::abort();
+    }
+}
+
+/// The record a mark leaves for its sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// Plan format version.
+    pub version: u32,
+    /// When the new index was committed; the sweep waits until `created + grace`.
+    pub created: jiff::Timestamp,
+    /// Grace period in seconds.
+    pub grace_secs: u64,
+    /// Snapshots the mark walked; the sweep walks the others.
+    pub snapshots: Vec<Id>,
+    /// Trees in use at the mark: the sweep need not walk them again.
+    pub used_trees: Vec<Id>,
+    /// Index objects the new index supersedes, deleted by the sweep.
+    pub superseded_index: Vec<Id>,
+    /// Doomed packs with their blobs, as an index object's encoding (base64).
+    pub doomed: String,
+    /// Doomed packs whose header could not be read (damaged leftovers), by id only.
+    pub unreadable: Vec<Id>,
+    /// When the sweep ran; the plan itself is removed a grace period later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swept: Option<jiff::Timestamp>,
+}
+
+impl Plan {
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+
+    /// The doomed packs with their blobs.
+    pub fn doomed_packs(&self, what: &str) -> Result<Vec<PackRecord>> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.doomed)
+            .map_err(|e| Error::malformed(what, format!("doomed packs: {e}")))?;
+        Ok(IndexFile::decode(&bytes, what)?.packs)
+    }
+
+    /// Ids of every pack the plan dooms.
+    pub fn doomed_ids(&self, what: &str) -> Result<IdSet> {
+        let mut ids: IdSet = self.doomed_packs(what)?.iter().map(|p| p.id).collect();
+        ids.extend(self.unreadable.iter().copied());
+        Ok(ids)
+    }
+
+    fn due(&self, now: jiff::Timestamp) -> bool {
+        let since = self.swept.unwrap_or(self.created);
+        elapsed_since(since, now) >= self.grace()
+    }
+}
+
+fn elapsed_since(then: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
+    let nanos = now.as_nanosecond() - then.as_nanosecond();
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
+/// Stores a plan and returns its name.
+fn save_plan(repo: &Repository, plan: &Plan) -> Result<Id> {
+    let plain = serde_json::to_vec(plan).expect("plan serialises");
+    repo.save_object(PLANS_PREFIX, ObjectKind::PrunePlan, &plain)
+}
+
+/// All prune plans in the repository, oldest first.
+pub fn load_plans(repo: &Repository) -> Result<Vec<(Id, Plan)>> {
+    let mut plans = Vec::new();
+    for id in repo.list_ids(PLANS_PREFIX)? {
+        match repo.load_object(PLANS_PREFIX, ObjectKind::PrunePlan, &id) {
+            Ok(plain) => {
+                let plan: Plan = serde_json::from_slice(&plain)
+                    .map_err(|e| Error::malformed(format!("prune plan {id}"), e.to_string()))?;
+                if plan.version > PLAN_VERSION {
+                    return Err(Error::UnsupportedVersion {
+                        what: format!("prune plan {id}"),
+                        found: plan.version,
+                        supported: PLAN_VERSION,
+                    });
+                }
+                plans.push((id, plan));
+            }
+            // Swept and removed by a concurrent prune between the listing and the read.
+            Err(Error::Storage(e)) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    plans.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
+    Ok(plans)
+}
+
+/// How prune decides.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Unused space tolerated, as a fraction of the space in use: partly used packs are
+    /// repacked, most wasteful first, until no more than this is left (0.05 = 5%).
+    pub max_unused: f64,
+    /// At most this many bytes of packs are repacked in one run.
+    pub max_repack_bytes: Option<u64>,
+    /// How long doomed packs stay before a sweep may delete them.
+    pub grace: Duration,
+    /// Report what would be done; write and delete nothing.
+    pub dry_run: bool,
+    /// Tuning of the pipeline that writes repacked blobs.
+    pub writer: WriterOptions,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: 0.05,
+            max_repack_bytes: None,
+            grace: DEFAULT_GRACE,
+            dry_run: false,
+            writer: WriterOptions::default(),
+        }
+    }
+}
+
+/// What a sweep did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SweepReport {
+    /// The plan swept.
+    pub plan: Id,
+    /// When its mark ran.
+    pub marked: Option<jiff::Timestamp>,
+    /// Doomed packs deleted.
+    pub packs_deleted: u64,
+    /// Their size.
+    pub bytes_freed: u64,
+    /// Doomed packs kept and indexed again because a newer snapshot uses them.
+    pub packs_rescued: u64,
+    /// Doomed packs left because the current index names them.
+    pub packs_still_indexed: u64,
+    /// Superseded index objects deleted.
+    pub index_files_deleted: u64,
+}
+
+/// What a mark found and did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MarkReport {
+    /// Snapshots walked.
+    pub snapshots: u64,
+    /// Blobs in use.
+    pub blobs_used: u64,
+    /// Blobs no snapshot uses.
+    pub blobs_unused: u64,
+    /// Stored bytes of the blobs in use.
+    pub bytes_used: u64,
+    /// Stored bytes of blobs no snapshot uses (before this prune).
+    pub bytes_unused: u64,
+    /// Packs in the index.
+    pub packs: u64,
+    /// Packs with nothing in use, to be deleted.
+    pub packs_unused: u64,
+    /// Packs whose used blobs are copied into new packs, then deleted.
+    pub packs_repacked: u64,
+    /// Packs no index named (left by interrupted backups), to be deleted.
+    pub packs_unindexed: u64,
+    /// Unindexed packs indexed again because a snapshot needs them.
+    pub packs_reindexed: u64,
+    /// Blobs copied by the repack.
+    pub blobs_repacked: u64,
+    /// Bytes the repack wrote.
+    pub bytes_repack_written: u64,
+    /// Bytes the sweep will free (size of every doomed pack).
+    pub bytes_to_free: u64,
+    /// Unused bytes left in kept packs afterwards.
+    pub bytes_unused_after: u64,
+    /// The plan written (none in a dry run or when nothing is doomed).
+    pub plan: Option<Id>,
+    /// The earliest time its sweep may run.
+    pub sweep_after: Option<jiff::Timestamp>,
+}
+
+/// What one prune run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Plans swept in this run.
+    pub swept: Vec<SweepReport>,
+    /// Older plans whose grace period has not ended: (plan, earliest sweep time).
+    pub waiting: Vec<(Id, jiff::Timestamp)>,
+    /// Swept plans removed.
+    pub plans_removed: u64,
+    /// The new mark.
+    pub mark: MarkReport,
+}
+
+/// Runs a prune: sweeps the plans whose grace period is over, then marks.
+pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
+    prune_at(repo, options, jiff::Timestamp::now())
+}
+
+/// [`prune`] as if the clock said `now` (tests move time forward this way).
+pub fn prune_at(
+    repo: &Repository,
+    options: &PruneOptions,
+    now: jiff::Timestamp,
+) -> Result<PruneReport> {
+    if options.grace < MIN_GRACE {
+        return Err(Error::malformed(
+            "prune options",
+            format!(
+                "the grace period must be at least {} s, so that concurrent backups stay safe",
+                MIN_GRACE.as_secs()
+            ),
+        ));
+    }
+    let mut report = PruneReport {
+        dry_run: options.dry_run,
+        ..Default::default()
+    };
+    for (id, plan) in load_plans(repo)? {
+        if !plan.due(now) {
+            if plan.swept.is_none() {
+                let due = plan.created
+                    + jiff::SignedDuration::from_secs(plan.grace_secs.min(i64::MAX as u64) as i64);
+                report.waiting.push((id, due));
+            }
+            continue;
+        }
+        if plan.swept.is_some() {
+            if !options.dry_run {
+                delete_ignoring_missing(repo, &format!("{PLANS_PREFIX}{id}"))?;
+            }
+            report.plans_removed += 1;
+            continue;
+        }
+        report
+            .swept
+            .push(sweep(repo, id, plan, options.dry_run, now)?);
+    }
+    report.mark = mark(repo, options, now, None)?;
+    Ok(report)
+}
+
+fn delete_ignoring_missing(repo: &Repository, key: &str) -> Result<bool> {
+    match repo.storage().delete(key) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ids of the packs in storage, with their sizes.
+fn stored_packs(repo: &Repository) -> Result<HashMap<Id, u64>> {
+    Ok(repo
+        .storage()
+        .list(DATA_PREFIX)?
+        .into_iter()
+        .filter_map(|o| {
+            let id = o.key.rsplit('/').next().and_then(Id::from_hex)?;
+            Some((id, o.size))
+        })
+        .collect())
+}
+
+/// Every snapshot, refusing to go on if one cannot be read: prune must not delete data that a
+/// snapshot it cannot see might use.
+fn all_snapshots(repo: &Repository) -> Result<Vec<(Id, Snapshot)>> {
+    let (snapshots, mut unreadable) = repo.readable_snapshots()?;
+    if let Some((id, error)) = unreadable.pop() {
+        return Err(Error::malformed(
+            format!("snapshot {id}"),
+            format!(
+                "cannot be read ({error}); prune stops rather than delete data it might use \
+                 (remove it with `lifeboat forget {id}` if it is damaged beyond repair)"
+            ),
+        ));
+    }
+    Ok(snapshots
+        .into_iter()
+        .map(|entry| (entry.id, entry.snapshot))
+        .collect())
+}
+
+/// Walks the trees below `root`, skipping those in `visited`, and calls `blob` for every tree
+/// and data blob reached (trees before their contents).
+fn walk_blobs(
+    repo: &IndexedRepository,
+    root: Id,
+    visited: &mut IdSet,
+    blob: &mut dyn FnMut(Id, BlobType) -> Result<()>,
+) -> Result<()> {
+    let mut stack = vec![root];
+    while let Some(tree_id) = stack.pop() {
+        if !visited.insert(tree_id) {
+            continue;
+        }
+        blob(tree_id, BlobType::Tree)?;
+        for node in repo.read_tree(&tree_id)?.nodes {
+            for id in node.content {
+                blob(id, BlobType::Data)?;
+            }
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sweep(
+    repo: &Repository,
+    plan_id: Id,
+    plan: Plan,
+    dry_run: bool,
+    now: jiff::Timestamp,
+) -> Result<SweepReport> {
+    let what = format!("prune plan {plan_id}");
+    let mut report = SweepReport {
+        plan: plan_id,
+        marked: Some(plan.created),
+        ..Default::default()
+    };
+    let current = repo.read_index()?;
+    let doomed = plan.doomed_packs(&what)?;
+    let stored = stored_packs(repo)?;
+
+    // Blobs that snapshots written since the mark need and the current index lacks.
+    let mut view = current.clone();
+    for record in &doomed {
+        view.add_pack(record.clone());
+    }
+    let view = repo.clone().with_index(view);
+    let seen: IdSet = plan.snapshots.iter().copied().collect();
+    let mut visited: IdSet = plan.used_trees.iter().copied().collect();
+    let mut needed = IdSet::default();
+    for (_, snapshot) in all_snapshots(repo)?
+        .into_iter()
+        .filter(|(id, _)| !seen.contains(id))
+    {
+        walk_blobs(&view, snapshot.tree, &mut visited, &mut |id, _| {
+            if !current.contains(&id) {
+                needed.insert(id);
+            }
+            Ok(())
+        })?;
+    }
+    let mut rescued = Vec::new();
+    let mut deletable = Vec::new();
+    for record in doomed {
+        if current.pack_position(&record.id).is_some() {
+            report.packs_still_indexed += 1;
+        } else if record.entries.iter().any(|e| needed.contains(&e.id)) {
+            if !stored.contains_key(&record.id) {
+                return Err(Error::malformed(
+                    &what,
+                    format!(
+                        "a snapshot written since the mark needs pack {} which is gone",
+                        record.id
+                    ),
+                ));
+            }
+            rescued.push(record);
+        } else {
+            deletable.push(record.id);
+        }
+    }
+    for id in &plan.unreadable {
+        if current.pack_position(id).is_none() {
+            deletable.push(*id);
+        }
+    }
+    report.packs_rescued = rescued.len() as u64;
+    if dry_run {
+        for id in &deletable {
+            if let Some(size) = stored.get(id) {
+                report.packs_deleted += 1;
+                report.bytes_freed += size;
+            }
+        }
+        report.index_files_deleted = plan.superseded_index.len() as u64;
+        return Ok(report);
+    }
+    if !rescued.is_empty() {
+        repo.commit_index(&rescued, &[])?;
+    }
+    crash_point("sweep-rescued");
+    for id in &deletable {
+        if let Some(size) = stored.get(id) {
+            delete_ignoring_missing(repo, &pack_key(id))?;
+            report.packs_deleted += 1;
+            report.bytes_freed += size;
+        }
+    }
+    crash_point("sweep-packs-deleted");
+    for id in &plan.superseded_index {
+        if delete_ignoring_missing(repo, &format!("{INDEX_PREFIX}{id}"))? {
+            report.index_files_deleted += 1;
+        }
+    }
+    crash_point("sweep-index-deleted");
+    let swept = Plan {
+        swept: Some(now),
+        ..plan
+    };
+    save_plan(repo, &swept)?;
+    delete_ignoring_missing(repo, &format!("{PLANS_PREFIX}{plan_id}"))?;
+    Ok(report)
+}
+
+/// Usage of one pack.
+#[derive(Default, Clone, Copy)]
+struct PackUsage {
+    used_blobs: u32,
+    used_bytes: u64,
+    unused_bytes: u64,
+}
+
+/// The mark phase. `plans_seen` stands for the plans found at the start (tests pass an older
+/// view to play a mark that overlapped another prune).
+fn mark(
+    repo: &Repository,
+    options: &PruneOptions,
+    now: jiff::Timestamp,
+    plans_seen: Option<IdSet>,
+) -> Result<MarkReport> {
+    let mut report = MarkReport::default();
+    let plans_before: IdSet = match plans_seen {
+        Some(seen) => seen,
+        None => load_plans(repo)?.into_iter().map(|(id, _)| id).collect(),
+    };
+    let listed_index = repo.list_ids(INDEX_PREFIX)?;
+    let index = repo.read_index()?;
+    let mut already_doomed = IdSet::default();
+    for (id, plan) in load_plans(repo)? {
+        if plan.swept.is_none() {
+            already_doomed.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+        }
+    }
+    let stored = stored_packs(repo)?;
+    let snapshots = all_snapshots(repo)?;
+    report.snapshots = snapshots.len() as u64;
+
+    // Packs no index names: left by interrupted backups, in flight from running ones, or
+    // doomed by a mark whose plan was never written. Their headers say what they hold.
+    let mut unindexed = Vec::new();
+    let mut unreadable = Vec::new();
+    for id in stored.keys() {
+        if index.pack_position(id).is_none() && !already_doomed.contains(id) {
+            match repo.read_pack_header(id) {
+                Ok((trailer, entries)) => unindexed.push(PackRecord {
+                    id: *id,
+                    salt: trailer.salt,
+                    entries,
+                }),
+                Err(Error::Storage(e)) if e.is_not_found() => {}
+                Err(_) => unreadable.push(*id),
+            }
+        }
+    }
+
+    // Blobs in use. A blob the index lacks may be in an unindexed pack, which is then kept.
+    let mut view = index.clone();
+    for record in &unindexed {
+        view.add_pack(record.clone());
+    }
+    let view = repo.clone().with_index(view);
+    let mut used = IdSet::default();
+    let mut used_trees = IdSet::default();
+    for (_, snapshot) in &snapshots {
+        walk_blobs(&view, snapshot.tree, &mut used_trees, &mut |id, _| {
+            used.insert(id);
+            Ok(())
+        })?;
+    }
+    let mut missing: IdSet = used
+        .iter()
+        .filter(|id| !index.contains(id))
+        .copied()
+        .collect();
+    let mut reindexed = Vec::new();
+    let mut doomed_unindexed = Vec::new();
+    for record in unindexed {
+        if record.entries.iter().any(|e| missing.contains(&e.id)) {
+            for e in &record.entries {
+                missing.remove(&e.id);
+            }
+            reindexed.push(record);
+        } else {
+            doomed_unindexed.push(record);
+        }
+    }
+    if let Some(id) = missing.iter().next() {
+        return Err(Error::malformed(
+            "repository",
+            format!(
+                "{} blob(s) in use are in no pack (e.g. {id}); prune stops. Run `lifeboat check` \
+                 to see which snapshots are affected",
+                missing.len()
+            ),
+        ));
+    }
+    report.packs_reindexed = reindexed.len() as u64;
+    report.packs_unindexed = (doomed_unindexed.len() + unreadable.len()) as u64;
+
+    // Usage per pack.
+    let mut usage = vec![PackUsage::default(); index.packs().len()];
+    for (id, location) in index.blobs() {
+        let pack = &mut usage[location.pack as usize];
+        if used.contains(id) {
+            pack.used_blobs += 1;
+            pack.used_bytes += u64::from(location.stored_len);
+            report.blobs_used += 1;
+            report.bytes_used += u64::from(location.stored_len);
+        } else {
+            pack.unused_bytes += u64::from(location.stored_len);
+            report.blobs_unused += 1;
+            report.bytes_unused += u64::from(location.stored_len);
+        }
+    }
+    report.packs = index.packs().len() as u64;
+    let mut doomed = IdSet::default();
+    let mut partly_used = Vec::new();
+    let mut unused_left = 0u64;
+    for (position, pack) in index.packs().iter().enumerate() {
+        let u = usage[position];
+        if u.used_blobs == 0 {
+            doomed.insert(pack.id);
+            report.packs_unused += 1;
+        } else if u.unused_bytes > 0 {
+            partly_used.push(position);
+            unused_left += u.unused_bytes;
+        }
+    }
+    // Repack the most wasteful packs first until the unused space left is within the limit.
+    partly_used.sort_by(|a, b| {
+        let ratio = |p: usize| usage[p].unused_bytes as f64 / usage[p].used_bytes.max(1) as f64;
+        ratio(*b).total_cmp(&ratio(*a))
+    });
+    let allowed = (report.bytes_used as f64 * options.max_unused.max(0.0)) as u64;
+    let mut repack = Vec::new();
+    let mut repack_bytes = 0u64;
+    for position in partly_used {
+        if unused_left <= allowed {
+            break;
+        }
+        let u = usage[position];
+        let pack_bytes = u.used_bytes + u.unused_bytes;
+        if options
+            .max_repack_bytes
+            .is_some_and(|max| repack_bytes + pack_bytes > max)
+        {
+            continue;
+        }
+        repack_bytes += pack_bytes;
+        unused_left -= u.unused_bytes;
+        repack.push(index.packs()[position]);
+        doomed.insert(index.packs()[position].id);
+    }
+    report.packs_repacked = repack.len() as u64;
+    report.bytes_unused_after = unused_left;
+    let doomed_size = |id: &Id| stored.get(id).copied().unwrap_or(0);
+    report.bytes_to_free = doomed.iter().map(doomed_size).sum::<u64>()
+        + doomed_unindexed
+            .iter()
+            .map(|r| doomed_size(&r.id))
+            .sum::<u64>()
+        + unreadable.iter().map(doomed_size).sum::<u64>();
+
+    if options.dry_run {
+        report.blobs_repacked = repack
+            .iter()
+            .map(|p| {
+                u64::from(usage[index.pack_position(&p.id).expect("indexed") as usize].used_blobs)
+            })
+            .sum();
+        return Ok(report);
+    }
+    if doomed.is_empty() && doomed_unindexed.is_empty() && unreadable.is_empty() {
+        // Nothing to free; still take in the packs that snapshots need.
+        if !reindexed.is_empty() {
+            repo.commit_index(&reindexed, &[])?;
+        }
+        return Ok(report);
+    }
+
+    // The index that stays: everything but the doomed packs, plus the packs taken in again.
+    let mut kept = index.without_packs(&doomed);
+    for record in &reindexed {
+        kept.add_pack(record.clone());
+    }
+
+    // Copy the used blobs of the packs being repacked into new packs; they are indexed by the
+    // writer's own index objects, which nothing supersedes.
+    if !repack.is_empty() {
+        let target = repo.clone().with_index(kept.clone());
+        let writer = BlobWriter::new(&target, &options.writer);
+        for pack in &repack {
+            let key = pack_key(&pack.id);
+            let bytes = repo.storage().get(&key)?;
+            let (_, entries) = pack::read_header_from_bytes(repo.key(), &bytes, &key)?;
+            for entry in entries.iter().filter(|e| used.contains(&e.id)) {
+                if writer.is_known(&entry.id) {
+                    continue;
+                }
+                let start = entry.offset as usize;
+                let sealed = bytes
+                    .get(start..start + entry.stored_len as usize)
+                    .ok_or_else(|| Error::corrupt(format!("{key} (truncated)")))?;
+                let what = format!("blob {} in pack {key}", entry.id);
+                let data = pack::decode_blob(repo.key(), &pack.salt, entry, sealed, &what)?;
+                writer.add_with_id(entry.blob_type, entry.id, data)?;
+                report.blobs_repacked += 1;
+            }
+        }
+        let stats = writer.finish()?;
+        report.bytes_repack_written = stats.bytes_stored;
+        for record in stats.packs {
+            kept.add_pack(record);
+        }
+    }
+    crash_point("mark-repacked");
+
+    // Another prune that committed in the meantime saw an index this one is about to replace;
+    // stop rather than interleave two plans.
+    let concurrent: Vec<Id> = load_plans(repo)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| !plans_before.contains(id))
+        .collect();
+    if let Some(id) = concurrent.first() {
+        return Err(Error::malformed(
+            "prune",
+            format!(
+                "another prune wrote plan {} while this one ran; nothing was deleted, run prune \
+                 again when it has finished",
+                id.short()
+            ),
+        ));
+    }
+    let mut doomed_records = index.pack_records(&IdSet::default());
+    doomed_records.retain(|r| doomed.contains(&r.id));
+    doomed_records.extend(doomed_unindexed);
+    // This includes the repacked packs, which the writer's own index objects also name:
+    // duplicates are harmless, and the next mark folds everything into one index again.
+    let committed = kept.pack_records(&IdSet::default());
+    repo.commit_index(&committed, &listed_index)?;
+    crash_point("mark-indexed");
+
+    let plan = Plan {
+        version: PLAN_VERSION,
+        created: now,
+        grace_secs: options.grace.as_secs(),
+        snapshots: snapshots.iter().map(|(id, _)| *id).collect(),
+        used_trees: used_trees.into_iter().collect(),
+        superseded_index: listed_index,
+        doomed: base64::engine::general_purpose::STANDARD.encode(
+            IndexFile {
+                supersedes: Vec::new(),
+                packs: doomed_records,
+            }
+            .encode(),
+        ),
+        unreadable,
+        swept: None,
+    };
+    let plan_id = save_plan(repo, &plan)?;
+    crash_point("mark-planned");
+    report.plan = Some(plan_id);
+    report.sweep_after = Some(
+        plan.created + jiff::SignedDuration::from_secs(plan.grace_secs.min(i64::MAX as u64) as i64),
+    );
+    Ok(report)
+}
+
+/// Writes a backup's snapshot so that a concurrent prune cannot take data it uses.
+///
+/// `repo`'s index must include the packs the backup wrote (see [`IndexedRepository::add_packs`]).
+/// Blobs of the snapshot found in packs that a prune has doomed since the backup loaded its
+/// index are stored again first; if a prune already deleted such a pack, the snapshot is not
+/// written and [`Error::PrunedConcurrently`] says to run the backup again.
+pub fn save_snapshot_guarded(
+    repo: &mut IndexedRepository,
+    snapshot: &Snapshot,
+    writer_options: &WriterOptions,
+) -> Result<Id> {
+    const ATTEMPTS: usize = 5;
+    let limit = MIN_GRACE / 2;
+    for attempt in 1..=ATTEMPTS {
+        let checked = Instant::now();
+        let changed = protect_tree(repo, snapshot.tree, writer_options)?;
+        if (changed || checked.elapsed() >= limit) && attempt < ATTEMPTS {
+            // Time has passed since the plans were read: read them again.
+            continue;
+        }
+        let id = repo.save_snapshot(snapshot)?;
+        if checked.elapsed() >= limit {
+            // Storage is slow enough that a sweep could have overtaken the write: make sure
+            // every blob is still there, or take the snapshot back.
+            verify_complete(repo, id, snapshot)?;
+        }
+        return Ok(id);
+    }
+    unreachable!("the last attempt always writes")
+}
+
+/// Stores again the blobs below `root` that sit in doomed packs. Returns whether it changed
+/// anything (the caller then checks again, since time has passed).
+fn protect_tree(
+    repo: &mut IndexedRepository,
+    root: Id,
+    writer_options: &WriterOptions,
+) -> Result<bool> {
+    let mut doomed = IdSet::default();
+    let mut swept = IdSet::default();
+    for (id, plan) in load_plans(repo)? {
+        let ids = plan.doomed_ids(&format!("prune plan {id}"))?;
+        for pack in ids {
+            if repo.index().pack_position(&pack).is_some() {
+                if plan.swept.is_some() {
+                    swept.insert(pack);
+                }
+                doomed.insert(pack);
+            }
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(false);
+    }
+    let index = repo.index().clone();
+    let mut at_risk = Vec::new();
+    let mut visited = IdSet::default();
+    walk_blobs(repo, root, &mut visited, &mut |id, blob_type| {
+        if let Some(location) = index.get(&id)
+            && doomed.contains(&index.pack(location).id)
+        {
+            at_risk.push((id, blob_type));
+        }
+        Ok(())
+    })?;
+    if at_risk.is_empty() {
+        return Ok(false);
+    }
+    let mut current = repo.read_index()?;
+    // Blobs that a swept plan's packs held are gone unless something else holds them now.
+    let lost = at_risk
+        .iter()
+        .filter(|(id, _)| {
+            let location = index.get(id).expect("found above");
+            swept.contains(&index.pack(location).id) && !current.contains(id)
+        })
+        .count();
+    if lost > 0 {
+        return Err(Error::PrunedConcurrently { blobs: lost });
+    }
+    let target = (**repo).clone().with_index(current.without_packs(&doomed));
+    let writer = BlobWriter::new(&target, writer_options);
+    for (id, blob_type) in at_risk {
+        if writer.is_known(&id) {
+            continue;
+        }
+        let data = repo.read_blob(&id)?;
+        writer.add_with_id(blob_type, id, data)?;
+    }
+    let stats = writer.finish()?;
+    current = current.without_packs(&doomed);
+    for record in stats.packs {
+        current.add_pack(record);
+    }
+    repo.replace_index(current);
+    Ok(true)
+}
+
+/// Checks, against a freshly read index, that every blob of a just-written snapshot is stored;
+/// removes the snapshot and fails if not.
+fn verify_complete(repo: &IndexedRepository, id: Id, snapshot: &Snapshot) -> Result<()> {
+    let current = repo.read_index()?;
+    let mut missing = 0usize;
+    let mut visited = IdSet::default();
+    let view = (**repo).clone().with_index(current.clone());
+    let walked = walk_blobs(&view, snapshot.tree, &mut visited, &mut |blob, _| {
+        if !current.contains(&blob) {
+            missing += 1;
+        }
+        Ok(())
+    });
+    if walked.is_err() || missing > 0 {
+        repo.forget_snapshot(&id)?;
+        return Err(Error::PrunedConcurrently {
+            blobs: missing.max(1),
+        });
+    }
+    Ok(())
+}
+
+/// Index objects superseded by others: what [`Repository::read_index`] leaves out. Exposed for
+/// `check`, which reports them as awaiting a sweep.
+pub fn superseded_index_objects(repo: &Repository) -> Result<IdSet> {
+    let mut superseded = IdSet::default();
+    for id in repo.list_ids(INDEX_PREFIX)? {
+        match repo.load_index_file(&id) {
+            Ok(file) => superseded.extend(file.supersedes),
+            Err(Error::Storage(e)) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(superseded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Node, NodeKind, Tree};
+    use crate::{InitOptions, KdfParams, SourceKind};
+    use lifeboat_storage::Storage;
+
+    fn new_repo() -> Repository {
+        let options = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            pack_size: 64 * 1024,
+            ..Default::default()
+        };
+        Repository::init(Storage::memory().unwrap(), b"pw", &options).unwrap()
+    }
+
+    fn options() -> PruneOptions {
+        PruneOptions {
+            grace: MIN_GRACE,
+            writer: WriterOptions {
+                compressors: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Incompressible bytes, different for each seed.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A backup of files given as (name, seeds of their chunks), through the guarded save,
+    /// with the index loaded from `indexed` (so a test can make it stale).
+    fn backup_with(indexed: &mut IndexedRepository, files: &[(&str, &[u64])]) -> Id {
+        let writer = BlobWriter::new(indexed, &WriterOptions::default());
+        let mut nodes = Vec::new();
+        for (name, seeds) in files {
+            let mut node = Node::new(name.as_bytes().to_vec(), NodeKind::File);
+            for seed in *seeds {
+                let (id, _) = writer.add(BlobType::Data, noise(*seed, 20_000)).unwrap();
+                node.content.push(id);
+            }
+            nodes.push(node);
+        }
+        let (tree, _) = writer
+            .add(BlobType::Tree, Tree::new(nodes).to_bytes())
+            .unwrap();
+        let stats = writer.finish().unwrap();
+        indexed.add_packs(stats.packs);
+        save_snapshot_guarded(indexed, &test_snapshot(tree), &WriterOptions::default()).unwrap()
+    }
+
+    fn test_snapshot(tree: Id) -> Snapshot {
+        Snapshot {
+            version: 1,
+            time: jiff::Timestamp::now(),
+            tree,
+            paths: vec!["/t".into()],
+            hostname: "h".into(),
+            username: "u".into(),
+            tags: vec![],
+            parent: None,
+            source: SourceKind::Files,
+            program_version: "test".into(),
+            summary: None,
+            source_state: None,
+        }
+    }
+
+    fn backup(repo: &Repository, files: &[(&str, &[u64])]) -> Id {
+        backup_with(&mut repo.clone().load_index().unwrap(), files)
+    }
+
+    /// Reads every blob of every snapshot through a freshly loaded index.
+    fn assert_all_snapshots_readable(repo: &Repository) {
+        let indexed = repo.clone().load_index().unwrap();
+        for entry in repo.snapshots().unwrap() {
+            let mut visited = IdSet::default();
+            walk_blobs(&indexed, entry.snapshot.tree, &mut visited, &mut |id, _| {
+                indexed.read_blob(&id).map(|_| ())
+            })
+            .unwrap_or_else(|e| panic!("snapshot {}: {e}", entry.id));
+        }
+    }
+
+    fn pack_count(repo: &Repository) -> usize {
+        stored_packs(repo).unwrap().len()
+    }
+
+    fn later(seconds: i64) -> jiff::Timestamp {
+        jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds)
+    }
+
+    #[test]
+    fn unused_packs_are_deleted_only_after_the_grace_period() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6, 7, 8])]);
+        backup(&repo, &[("b", &[100, 101])]);
+        let packs_before = pack_count(&repo);
+        repo.forget_snapshot(&old).unwrap();
+
+        let first = prune(&repo, &options()).unwrap();
+        assert!(first.swept.is_empty());
+        assert!(first.mark.packs_unused >= 2, "{:?}", first.mark);
+        assert!(first.mark.plan.is_some());
+        // Marked, not deleted: the packs are still there, but no longer in the index.
+        assert_eq!(pack_count(&repo), packs_before);
+        assert_all_snapshots_readable(&repo);
+        let index = repo.read_index().unwrap();
+        assert_eq!(
+            index.packs().len() as u64,
+            first.mark.packs - first.mark.packs_unused
+        );
+
+        // Before the grace period ends, a second run waits.
+        let early = prune(&repo, &options()).unwrap();
+        assert!(early.swept.is_empty());
+        assert_eq!(early.waiting.len(), 1);
+        assert_eq!(pack_count(&repo), packs_before);
+
+        let swept = prune_at(&repo, &options(), later(11)).unwrap();
+        assert_eq!(swept.swept.len(), 1);
+        assert_eq!(swept.swept[0].packs_deleted, first.mark.packs_unused);
+        assert_eq!(swept.swept[0].packs_rescued, 0);
+        assert_eq!(
+            pack_count(&repo) as u64,
+            packs_before as u64 - first.mark.packs_unused
+        );
+        // Superseded index objects are gone; the plan stays, swept, for one more grace period.
+        assert_eq!(
+            repo.list_ids(INDEX_PREFIX).unwrap().len(),
+            index.files().len()
+        );
+        let plans = load_plans(&repo).unwrap();
+        assert_eq!(plans.len(), 1);
+        assert!(plans[0].1.swept.is_some());
+        let cleaned = prune_at(&repo, &options(), later(30)).unwrap();
+        assert_eq!(cleaned.plans_removed, 1);
+        assert!(load_plans(&repo).unwrap().is_empty());
+        assert_all_snapshots_readable(&repo);
+    }
+
+    #[test]
+    fn a_backup_that_reused_a_doomed_blob_stores_it_again() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
+        // This backup loads its index before the prune and deduplicates against `old`'s data.
+        let mut stale = repo.clone().load_index().unwrap();
+        repo.forget_snapshot(&old).unwrap();
+        let marked = prune(&repo, &options()).unwrap();
+        assert!(marked.mark.packs_unused > 0);
+        let reused = backup_with(&mut stale, &[("again", &[1, 2, 3])]);
+        prune_at(&repo, &options(), later(11)).unwrap();
+        assert!(repo.snapshots().unwrap().iter().any(|s| s.id == reused));
+        assert_all_snapshots_readable(&repo);
+    }
+
+    #[test]
+    fn the_sweep_rescues_packs_a_snapshot_written_after_the_mark_needs() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
+        repo.forget_snapshot(&old).unwrap();
+        let mut stale = repo.clone().load_index().unwrap();
+        prune(&repo, &options()).unwrap();
+        // A backup that deduplicated against the doomed packs and wrote its snapshot without
+        // the guard (as a backup whose check came just before the plan was written would).
+        let writer = BlobWriter::new(&stale, &WriterOptions::default());
+        let mut node = Node::new(b"f".to_vec(), NodeKind::File);
+        node.content
+            .push(writer.add(BlobType::Data, noise(2, 20_000)).unwrap().0);
+        let (tree, _) = writer
+            .add(BlobType::Tree, Tree::new(vec![node]).to_bytes())
+            .unwrap();
+        stale.add_packs(writer.finish().unwrap().packs);
+        stale.save_snapshot(&test_snapshot(tree)).unwrap();
+
+        let report = prune_at(&repo, &options(), later(11)).unwrap();
+        assert_eq!(report.swept[0].packs_rescued, 1);
+        assert_all_snapshots_readable(&repo);
+    }
+
+    #[test]
+    fn partly_used_packs_are_repacked_beyond_max_unused() {
+        let repo = new_repo();
+        // Three chunks per pack; forgetting one file leaves packs a third or two thirds used.
+        let keep: Vec<u64> = (0..9).collect();
+        let drop: Vec<u64> = (100..109).collect();
+        let mut interleaved = Vec::new();
+        for (k, d) in keep.iter().zip(&drop) {
+            interleaved.push(*k);
+            interleaved.push(*d);
+        }
+        let both = backup(&repo, &[("mixed", &interleaved)]);
+        backup(&repo, &[("kept", &keep)]);
+        repo.forget_snapshot(&both).unwrap();
+
+        let dry = prune(
+            &repo,
+            &PruneOptions {
+                dry_run: true,
+                ..options()
+            },
+        )
+        .unwrap();
+        assert!(dry.mark.packs_repacked > 0, "{:?}", dry.mark);
+        assert!(dry.mark.plan.is_none());
+        assert!(load_plans(&repo).unwrap().is_empty());
+
+        let report = prune(&repo, &options()).unwrap();
+        assert_eq!(report.mark.packs_repacked, dry.mark.packs_repacked);
+        assert!(report.mark.blobs_repacked > 0);
+        assert!(report.mark.bytes_unused_after <= report.mark.bytes_used / 20);
+        prune_at(&repo, &options(), later(11)).unwrap();
+        assert_all_snapshots_readable(&repo);
+        // Nothing unused is left to find.
+        let again = prune_at(&repo, &options(), later(12)).unwrap();
+        assert_eq!(again.mark.blobs_unused, 0, "{:?}", again.mark);
+    }
+
+    #[test]
+    fn unindexed_packs_are_doomed_unless_a_snapshot_needs_them() {
+        let repo = new_repo();
+        backup(&repo, &[("a", &[1, 2, 3])]);
+        // Lose the index: every pack is now unindexed, but the snapshot needs them.
+        for id in repo.list_ids(INDEX_PREFIX).unwrap() {
+            repo.storage()
+                .delete(&format!("{INDEX_PREFIX}{id}"))
+                .unwrap();
+        }
+        let report = prune(&repo, &options()).unwrap();
+        assert!(report.mark.packs_reindexed > 0);
+        assert_eq!(report.mark.packs_unindexed, 0);
+        assert_all_snapshots_readable(&repo);
+    }
+
+    #[test]
+    fn a_mark_that_overlapped_another_prune_commits_nothing() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3])]);
+        let other = backup(&repo, &[("b", &[4, 5, 6])]);
+        repo.forget_snapshot(&old).unwrap();
+        prune(&repo, &options()).unwrap();
+        repo.forget_snapshot(&other).unwrap();
+        let index_before = repo.list_ids(INDEX_PREFIX).unwrap();
+        // A mark that started before that plan was written must refuse at its commit point.
+        let overlapping = mark(
+            &repo,
+            &options(),
+            jiff::Timestamp::now(),
+            Some(IdSet::default()),
+        );
+        let message = overlapping.unwrap_err().to_string();
+        assert!(message.contains("another prune"), "{message}");
+        assert_eq!(repo.list_ids(INDEX_PREFIX).unwrap(), index_before);
+        assert_eq!(load_plans(&repo).unwrap().len(), 1);
+    }
+}
