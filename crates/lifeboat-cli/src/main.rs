@@ -97,6 +97,9 @@ enum Command {
     Check(CheckArgs),
     /// Remove snapshots that a retention policy does not keep (their data is freed by prune).
     Forget(Box<ForgetArgs>),
+    /// Free the space of data no snapshot uses: marks packs now, deletes them in a later run
+    /// once the grace period is over. Never stops backups.
+    Prune(PruneArgs),
     /// Manage the passwords (key files) that open the repository.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -200,6 +203,80 @@ struct ForgetArgs {
     /// Only judge snapshots that match these filters; others are left alone.
     #[command(flatten)]
     filter: SnapshotFilter,
+    /// Run prune afterwards, with its default settings.
+    #[arg(long)]
+    prune: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct PruneArgs {
+    /// Unused space to tolerate, as a percentage of the space in use (`5%`, `0%`) or
+    /// `unlimited`: partly used packs are repacked, most wasteful first, until no more is left.
+    #[arg(long, default_value = "5%", value_name = "PERCENT", value_parser = parse_max_unused)]
+    max_unused: f64,
+    /// Repack at most this many bytes of packs in one run (e.g. `500M`, `2G`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_repack_size: Option<u64>,
+    /// How long packs marked by this run stay before a later run deletes them (e.g. `1h`,
+    /// `30m`, `10s`; at least 10 s). Readers that loaded the index before the mark, such as a
+    /// long restore, must finish within it.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_grace)]
+    grace: std::time::Duration,
+    /// Report what would be deleted and repacked; change nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+fn parse_max_unused(text: &str) -> Result<f64, String> {
+    if text == "unlimited" {
+        return Ok(f64::INFINITY);
+    }
+    let number = text
+        .strip_suffix('%')
+        .ok_or_else(|| format!("{text:?}: give a percentage such as 5% or the word unlimited"))?;
+    match number.trim().parse::<f64>() {
+        Ok(value) if value >= 0.0 && value.is_finite() => Ok(value / 100.0),
+        _ => Err(format!("{text:?} is not a percentage such as 5%")),
+    }
+}
+
+/// Parses `1500`, `500K`, `500M`, `2G`, `1T` (also `MiB`-style suffixes); binary units.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size: use forms like 500M, 2G");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "k" | "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_shl(shift)
+        .filter(|n| n >> shift == number)
+        .ok_or_else(bad)
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration such as 1h, 30m or 10s: {e}"))?;
+    let duration = std::time::Duration::try_from(duration)
+        .map_err(|_| format!("{text:?}: the grace period cannot be negative"))?;
+    if duration < lifeboat_repo::prune::MIN_GRACE {
+        return Err(format!(
+            "{text:?} is too short: the grace period protects concurrent backups and must be \
+             at least {} s",
+            lifeboat_repo::prune::MIN_GRACE.as_secs()
+        ));
+    }
+    Ok(duration)
 }
 
 /// The `[forget]` section as a policy; errors name the key.
@@ -595,6 +672,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Copy(args) => copy(global, &args),
         Command::Check(args) => check(global, &args),
         Command::Forget(args) => forget(global, &args, &file.forget),
+        Command::Prune(args) => prune(global, &args),
         Command::Key(command) => key(global, &command),
         Command::Repair(RepairCommand::Index) => repair_index(global),
         Command::Ls(args) => browse::ls(global, &args),
@@ -1217,6 +1295,96 @@ fn forget(
             repo.forget_snapshot(&decision.id)?;
         }
     }
+    if args.prune {
+        let prune_args = PruneArgs {
+            max_unused: 0.05,
+            max_repack_size: None,
+            grace: lifeboat_repo::prune::DEFAULT_GRACE,
+            dry_run: args.dry_run,
+        };
+        return prune(global, &prune_args);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune(global: &GlobalArgs, args: &PruneArgs) -> Result<ExitCode> {
+    let repo = open(global)?;
+    let options = lifeboat_repo::prune::PruneOptions {
+        max_unused: args.max_unused,
+        max_repack_bytes: args.max_repack_size,
+        grace: args.grace,
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let report = lifeboat_repo::prune::prune(&repo, &options)?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if global.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let local = |t: jiff::Timestamp| {
+        t.to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let would = if args.dry_run { "would be " } else { "" };
+    for sweep in &report.swept {
+        println!(
+            "plan {} (marked {}): {} packs {would}deleted ({}), {} kept because newer snapshots use them",
+            sweep.plan.short(),
+            sweep.marked.map(local).unwrap_or_default(),
+            sweep.packs_deleted,
+            bytes(sweep.bytes_freed),
+            sweep.packs_rescued,
+        );
+    }
+    for (plan, due) in &report.waiting {
+        println!(
+            "plan {}: its packs are deleted by a prune run after {}",
+            plan.short(),
+            local(*due)
+        );
+    }
+    let m = &report.mark;
+    println!(
+        "{} snapshots use {} blobs ({}); {} blobs ({}) are unused",
+        m.snapshots,
+        m.blobs_used,
+        bytes(m.bytes_used),
+        m.blobs_unused,
+        bytes(m.bytes_unused)
+    );
+    println!(
+        "{} packs: {} unused, {} to repack, {} unindexed leftovers, {} taken back into the index",
+        m.packs, m.packs_unused, m.packs_repacked, m.packs_unindexed, m.packs_reindexed
+    );
+    if m.blobs_repacked > 0 {
+        println!(
+            "repack: {} blobs {}copied{}",
+            m.blobs_repacked,
+            would,
+            if args.dry_run {
+                String::new()
+            } else {
+                format!(" ({} written)", bytes(m.bytes_repack_written))
+            }
+        );
+    }
+    match (&m.plan, m.sweep_after) {
+        (Some(plan), Some(after)) => println!(
+            "{} marked for deletion (plan {}); a prune run after {} deletes it",
+            bytes(m.bytes_to_free),
+            plan.short(),
+            local(after)
+        ),
+        _ if args.dry_run && m.bytes_to_free > 0 => println!(
+            "{} would be marked for deletion; a prune run one grace period later would delete it",
+            bytes(m.bytes_to_free)
+        ),
+        _ => println!("nothing new to free"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1281,6 +1449,12 @@ fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
             println!(
                 "{} packs are not in any index (left by interrupted backups; harmless, prune removes them)",
                 report.unindexed_packs.len()
+            );
+        }
+        if report.packs_awaiting_deletion > 0 {
+            println!(
+                "{} packs are marked by prune and will be deleted by a later prune run",
+                report.packs_awaiting_deletion
             );
         }
     }

@@ -65,6 +65,8 @@ pub struct CheckReport {
     pub blobs_verified: u64,
     /// Packs found in storage that no index names (interrupted backups; prune removes them).
     pub unindexed_packs: Vec<Id>,
+    /// Packs a prune has marked, waiting for its sweep to delete them.
+    pub packs_awaiting_deletion: u64,
     /// Errors: anything that can make a restore fail.
     pub errors: Vec<Problem>,
     /// Packs verified in this run (for the caller's record).
@@ -140,11 +142,19 @@ pub fn check(
     let packs: Vec<Id> = index.packs().iter().map(|p| p.id).collect();
     report.packs = packs.len() as u64;
     let known: IdSet = packs.iter().copied().collect();
-    report.unindexed_packs = stored
-        .keys()
-        .filter(|id| !known.contains(id))
-        .copied()
-        .collect();
+    let mut doomed = IdSet::default();
+    for (id, plan) in crate::prune::load_plans(repo)? {
+        if plan.swept.is_none() {
+            doomed.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+        }
+    }
+    for id in stored.keys() {
+        if doomed.contains(id) {
+            report.packs_awaiting_deletion += 1;
+        } else if !known.contains(id) {
+            report.unindexed_packs.push(*id);
+        }
+    }
     report.unindexed_packs.sort();
 
     for (position, info) in index.packs().iter().enumerate() {

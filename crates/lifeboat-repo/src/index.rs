@@ -211,35 +211,15 @@ impl Index {
         self.pack_positions.get(id).copied()
     }
 
-    /// The packs of the index as records (as an index object would hold them), except those in
-    /// `leave_out`.
-    pub fn pack_records(&self, leave_out: &IdSet) -> Vec<PackRecord> {
-        let mut records: Vec<PackRecord> = self
-            .packs
-            .iter()
-            .map(|p| PackRecord {
-                id: p.id,
-                salt: p.salt,
-                entries: Vec::new(),
-            })
-            .collect();
-        for (id, location) in &self.blobs {
-            records[location.pack as usize]
-                .entries
-                .push(self.entry(*id, location));
-        }
-        records.retain(|r| !leave_out.contains(&r.id));
-        for record in &mut records {
-            record.entries.sort_by_key(|e| e.offset);
-        }
-        records
-    }
-
-    /// A copy without the packs in `leave_out` (blobs only they held are gone from it).
-    pub fn without_packs(&self, leave_out: &IdSet) -> Index {
+    /// An index of the packs in `files`, leaving out those in `leave_out`. A blob whose first
+    /// copy is in a left-out pack is found at its next copy, if any.
+    pub fn from_files(files: &[(Id, IndexFile)], leave_out: &IdSet) -> Index {
         let mut index = Index::new();
-        for record in self.pack_records(leave_out) {
-            index.add_pack(record);
+        for (name, file) in files {
+            index.files.push(*name);
+            for pack in file.packs.iter().filter(|p| !leave_out.contains(&p.id)) {
+                index.add_pack(pack.clone());
+            }
         }
         index
     }

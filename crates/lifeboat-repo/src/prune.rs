@@ -4,25 +4,25 @@
 //!
 //! 1. **Mark.** Walk every snapshot to find the blobs in use. Packs holding nothing in use are
 //!    *doomed*; packs holding mostly unused data are *repacked* (their used blobs copied into new
-//!    packs) and doomed too. A new index without the doomed packs is committed, superseding every
-//!    index object listed at the start, and then a *plan* object (`prune/<id>`) records the
-//!    doomed packs with their contents, the snapshots the mark saw, and the time. From then on
-//!    backups no longer deduplicate against doomed packs.
+//!    packs, indexed at once) and doomed too. A *plan* object (`prune/<id>`) records the doomed
+//!    packs with their contents, the snapshots the mark saw, the trees in use, and the time.
+//!    The index is not changed: every snapshot stays readable through it.
 //! 2. **Sweep**, in a later prune run, once the plan is older than its grace period. Snapshots
-//!    written since the mark are walked; a doomed pack holding a blob one of them needs (a backup
-//!    that started before the mark deduplicated against it) is indexed again instead of being
-//!    deleted. The other doomed packs are deleted, then the superseded index objects, and the
-//!    plan is rewritten as swept; it is removed one grace period later.
+//!    written since the mark are walked; a doomed pack holding a blob one of them needs and no
+//!    other pack holds is kept (*rescued*). A new index without the other doomed packs is
+//!    committed, superseding every index object listed; then those packs are deleted, then the
+//!    superseded index objects, and the plan is rewritten as swept. It is removed one grace
+//!    period later.
 //! 3. **Backups protect themselves** ([`save_snapshot_guarded`]): just before writing its
-//!    snapshot, a backup reads the plans; if its snapshot uses a blob it found in a doomed pack,
-//!    it stores that blob again first. A plan created after that check is swept no sooner than a
-//!    grace period later, and the snapshot is written within half of [`MIN_GRACE`] of the check
-//!    (it checks again otherwise), so the sweep sees the snapshot and rescues what it needs.
+//!    snapshot, a backup reads the plans. A blob of its snapshot that it found in a doomed pack
+//!    and that no other pack holds is stored again first. A plan written after that check is
+//!    swept no sooner than a grace period later, and the snapshot is written within half of
+//!    [`MIN_GRACE`] of the check (it checks again otherwise), so that sweep sees the snapshot.
 //!
-//! A crash at any point leaves a readable repository: the new index is committed before the
-//! plan, deletions happen only in a sweep, and a pack the current index names is never deleted.
-//! What an interrupted run leaves behind (unindexed packs, superseded index objects) is found
-//! and handled by the next run. `docs/maintenance.md` walks through the argument.
+//! A crash at any point leaves a readable repository: the index names every doomed pack until
+//! the sweep has committed the index that drops them, and only then are they deleted. What an
+//! interrupted run leaves (packs no index names, superseded index objects, a plan not swept) is
+//! found and finished by the next run. `docs/maintenance.md` walks through the argument.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::id::IdSet;
-use crate::index::{IndexFile, PackRecord};
+use crate::index::{Index, IndexFile, PackRecord};
 use crate::object::ObjectKind;
 use crate::pack::{self, BlobType};
 use crate::repository::{DATA_PREFIX, INDEX_PREFIX, IndexedRepository, Repository, pack_key};
@@ -42,7 +42,7 @@ use crate::{Error, Id, Result};
 /// Where prune plans are stored.
 pub const PLANS_PREFIX: &str = "prune/";
 /// How long doomed packs stay by default before a sweep may delete them: long enough for any
-/// reader (a restore, a check) that loaded the index before the mark to finish.
+/// reader (a restore, a check) that loaded the index before the sweep to finish.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// The shortest grace period prune accepts. Backups write their snapshot within half of it
 /// after checking the plans, which is what makes concurrent backups safe.
@@ -64,16 +64,15 @@ fn crash_point(step: &str) {
 pub struct Plan {
     /// Plan format version.
     pub version: u32,
-    /// When the new index was committed; the sweep waits until `created + grace`.
+    /// When the plan was written; the sweep waits until `created + grace`.
     pub created: jiff::Timestamp,
     /// Grace period in seconds.
     pub grace_secs: u64,
     /// Snapshots the mark walked; the sweep walks the others.
     pub snapshots: Vec<Id>,
-    /// Trees in use at the mark: the sweep need not walk them again.
+    /// Trees in use at the mark. Every blob below them was in use, so it is either in a pack
+    /// that is kept or was copied by the repack: walks skip them.
     pub used_trees: Vec<Id>,
-    /// Index objects the new index supersedes, deleted by the sweep.
-    pub superseded_index: Vec<Id>,
     /// Doomed packs with their blobs, as an index object's encoding (base64).
     pub doomed: String,
     /// Doomed packs whose header could not be read (damaged leftovers), by id only.
@@ -84,10 +83,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn grace(&self) -> Duration {
-        Duration::from_secs(self.grace_secs)
-    }
-
     /// The doomed packs with their blobs.
     pub fn doomed_packs(&self, what: &str) -> Result<Vec<PackRecord>> {
         let bytes = base64::engine::general_purpose::STANDARD
@@ -103,15 +98,11 @@ impl Plan {
         Ok(ids)
     }
 
-    fn due(&self, now: jiff::Timestamp) -> bool {
+    /// When a sweep may run (or, once swept, when the plan may go).
+    pub fn due_at(&self) -> jiff::Timestamp {
         let since = self.swept.unwrap_or(self.created);
-        elapsed_since(since, now) >= self.grace()
+        since + jiff::SignedDuration::from_secs(self.grace_secs.min(i64::MAX as u64) as i64)
     }
-}
-
-fn elapsed_since(then: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
-    let nanos = now.as_nanosecond() - then.as_nanosecond();
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
 }
 
 /// Stores a plan and returns its name.
@@ -137,7 +128,7 @@ pub fn load_plans(repo: &Repository) -> Result<Vec<(Id, Plan)>> {
                 }
                 plans.push((id, plan));
             }
-            // Swept and removed by a concurrent prune between the listing and the read.
+            // Swept and replaced by a concurrent prune between the listing and the read.
             Err(Error::Storage(e)) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
@@ -185,10 +176,8 @@ pub struct SweepReport {
     pub packs_deleted: u64,
     /// Their size.
     pub bytes_freed: u64,
-    /// Doomed packs kept and indexed again because a newer snapshot uses them.
+    /// Doomed packs kept because a snapshot written since the mark needs them.
     pub packs_rescued: u64,
-    /// Doomed packs left because the current index names them.
-    pub packs_still_indexed: u64,
     /// Superseded index objects deleted.
     pub index_files_deleted: u64,
 }
@@ -206,7 +195,7 @@ pub struct MarkReport {
     pub bytes_used: u64,
     /// Stored bytes of blobs no snapshot uses (before this prune).
     pub bytes_unused: u64,
-    /// Packs in the index.
+    /// Packs in the index (not counting those an earlier plan already dooms).
     pub packs: u64,
     /// Packs with nothing in use, to be deleted.
     pub packs_unused: u64,
@@ -270,11 +259,9 @@ pub fn prune_at(
         ..Default::default()
     };
     for (id, plan) in load_plans(repo)? {
-        if !plan.due(now) {
+        if plan.due_at() > now {
             if plan.swept.is_none() {
-                let due = plan.created
-                    + jiff::SignedDuration::from_secs(plan.grace_secs.min(i64::MAX as u64) as i64);
-                report.waiting.push((id, due));
+                report.waiting.push((id, plan.due_at()));
             }
             continue;
         }
@@ -333,8 +320,8 @@ fn all_snapshots(repo: &Repository) -> Result<Vec<(Id, Snapshot)>> {
         .collect())
 }
 
-/// Walks the trees below `root`, skipping those in `visited`, and calls `blob` for every tree
-/// and data blob reached (trees before their contents).
+/// Walks the trees below `root`, skipping those in `visited` (and adding those it walks), and
+/// calls `blob` for every tree and data blob reached.
 fn walk_blobs(
     repo: &IndexedRepository,
     root: Id,
@@ -359,6 +346,17 @@ fn walk_blobs(
     Ok(())
 }
 
+/// One record per pack, the first met, from the index objects in force.
+fn distinct_records(files: &[(Id, IndexFile)]) -> Vec<PackRecord> {
+    let mut seen = IdSet::default();
+    files
+        .iter()
+        .flat_map(|(_, file)| &file.packs)
+        .filter(|p| seen.insert(p.id))
+        .cloned()
+        .collect()
+}
+
 fn sweep(
     repo: &Repository,
     plan_id: Id,
@@ -372,86 +370,92 @@ fn sweep(
         marked: Some(plan.created),
         ..Default::default()
     };
-    let current = repo.read_index()?;
+    // Snapshots first: a backup writes its index before its snapshot, so every snapshot listed
+    // here has its blobs in the index read next.
+    let snapshots = all_snapshots(repo)?;
+    let crate::repository::IndexFiles {
+        listed: listed_index,
+        in_force: files,
+    } = repo.read_index_files()?;
     let doomed = plan.doomed_packs(&what)?;
+    let doomed_ids = plan.doomed_ids(&what)?;
     let stored = stored_packs(repo)?;
 
-    // Blobs that snapshots written since the mark need and the current index lacks.
-    let mut view = current.clone();
+    // Blobs that snapshots written since the mark need and that only doomed packs hold.
+    let mut with_doomed = Index::from_files(&files, &IdSet::default());
     for record in &doomed {
-        view.add_pack(record.clone());
+        with_doomed.add_pack(record.clone());
     }
-    let view = repo.clone().with_index(view);
+    let view = repo.clone().with_index(with_doomed);
+    let kept = Index::from_files(&files, &doomed_ids);
     let seen: IdSet = plan.snapshots.iter().copied().collect();
     let mut visited: IdSet = plan.used_trees.iter().copied().collect();
     let mut needed = IdSet::default();
-    for (_, snapshot) in all_snapshots(repo)?
-        .into_iter()
-        .filter(|(id, _)| !seen.contains(id))
-    {
+    for (_, snapshot) in snapshots.iter().filter(|(id, _)| !seen.contains(id)) {
         walk_blobs(&view, snapshot.tree, &mut visited, &mut |id, _| {
-            if !current.contains(&id) {
+            if !kept.contains(&id) {
                 needed.insert(id);
             }
             Ok(())
         })?;
     }
-    let mut rescued = Vec::new();
-    let mut deletable = Vec::new();
-    for record in doomed {
-        if current.pack_position(&record.id).is_some() {
-            report.packs_still_indexed += 1;
-        } else if record.entries.iter().any(|e| needed.contains(&e.id)) {
+    let mut rescued = IdSet::default();
+    for record in &doomed {
+        if record.entries.iter().any(|e| needed.contains(&e.id)) {
             if !stored.contains_key(&record.id) {
                 return Err(Error::malformed(
                     &what,
                     format!(
-                        "a snapshot written since the mark needs pack {} which is gone",
+                        "a snapshot written since the mark needs pack {}, which is gone",
                         record.id
                     ),
                 ));
             }
-            rescued.push(record);
-        } else {
-            deletable.push(record.id);
+            rescued.insert(record.id);
         }
     }
-    for id in &plan.unreadable {
-        if current.pack_position(id).is_none() {
-            deletable.push(*id);
-        }
-    }
+    let deletable: Vec<Id> = doomed_ids
+        .iter()
+        .filter(|id| !rescued.contains(id))
+        .copied()
+        .collect();
     report.packs_rescued = rescued.len() as u64;
-    if dry_run {
-        for id in &deletable {
-            if let Some(size) = stored.get(id) {
-                report.packs_deleted += 1;
-                report.bytes_freed += size;
-            }
-        }
-        report.index_files_deleted = plan.superseded_index.len() as u64;
-        return Ok(report);
-    }
-    if !rescued.is_empty() {
-        repo.commit_index(&rescued, &[])?;
-    }
-    crash_point("sweep-rescued");
     for id in &deletable {
         if let Some(size) = stored.get(id) {
-            delete_ignoring_missing(repo, &pack_key(id))?;
             report.packs_deleted += 1;
             report.bytes_freed += size;
         }
     }
+    if dry_run {
+        report.index_files_deleted = listed_index.len() as u64;
+        return Ok(report);
+    }
+
+    // The index without the packs about to go, as one object replacing all listed ones. Packs
+    // that only the doomed ones' records name (rescued ones) come along from the plan.
+    let deleting: IdSet = deletable.iter().copied().collect();
+    let mut records = distinct_records(&files);
+    records.retain(|r| !deleting.contains(&r.id));
+    let present: IdSet = records.iter().map(|r| r.id).collect();
+    records.extend(
+        doomed
+            .into_iter()
+            .filter(|r| rescued.contains(&r.id) && !present.contains(&r.id)),
+    );
+    repo.commit_index(&records, &listed_index)?;
+    crash_point("sweep-indexed");
+    for id in &deletable {
+        delete_ignoring_missing(repo, &pack_key(id))?;
+    }
     crash_point("sweep-packs-deleted");
-    for id in &plan.superseded_index {
+    for id in &listed_index {
         if delete_ignoring_missing(repo, &format!("{INDEX_PREFIX}{id}"))? {
             report.index_files_deleted += 1;
         }
     }
     crash_point("sweep-index-deleted");
     let swept = Plan {
-        swept: Some(now),
+        swept: Some(now.max(jiff::Timestamp::now())),
         ..plan
     };
     save_plan(repo, &swept)?;
@@ -476,28 +480,32 @@ fn mark(
     plans_seen: Option<IdSet>,
 ) -> Result<MarkReport> {
     let mut report = MarkReport::default();
+    let plans = load_plans(repo)?;
     let plans_before: IdSet = match plans_seen {
         Some(seen) => seen,
-        None => load_plans(repo)?.into_iter().map(|(id, _)| id).collect(),
+        None => plans.iter().map(|(id, _)| *id).collect(),
     };
-    let listed_index = repo.list_ids(INDEX_PREFIX)?;
-    let index = repo.read_index()?;
-    let mut already_doomed = IdSet::default();
-    for (id, plan) in load_plans(repo)? {
-        if plan.swept.is_none() {
-            already_doomed.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
-        }
-    }
-    let stored = stored_packs(repo)?;
+    // Snapshots before the index, the index before the packs: each writer stores packs, then
+    // index objects, then its snapshot, so what a listed snapshot needs is in what is read next.
     let snapshots = all_snapshots(repo)?;
     report.snapshots = snapshots.len() as u64;
+    let files = repo.read_index_files()?.in_force;
+    let stored = stored_packs(repo)?;
+    // Packs an earlier plan dooms are its sweep's to judge; this mark leaves them alone.
+    let mut pending = IdSet::default();
+    for (id, plan) in plans.iter().filter(|(_, p)| p.swept.is_none()) {
+        pending.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+    }
+    let everything = Index::from_files(&files, &IdSet::default());
+    let index = Index::from_files(&files, &pending);
 
-    // Packs no index names: left by interrupted backups, in flight from running ones, or
-    // doomed by a mark whose plan was never written. Their headers say what they hold.
+    // Packs no index names: left by interrupted backups, or in flight from running ones (whose
+    // index objects will name them; the sweep then leaves them). Their headers say what they
+    // hold.
     let mut unindexed = Vec::new();
     let mut unreadable = Vec::new();
     for id in stored.keys() {
-        if index.pack_position(id).is_none() && !already_doomed.contains(id) {
+        if everything.pack_position(id).is_none() && !pending.contains(id) {
             match repo.read_pack_header(id) {
                 Ok((trailer, entries)) => unindexed.push(PackRecord {
                     id: *id,
@@ -510,8 +518,8 @@ fn mark(
         }
     }
 
-    // Blobs in use. A blob the index lacks may be in an unindexed pack, which is then kept.
-    let mut view = index.clone();
+    // Blobs in use. One the index lacks may be in an unindexed pack, which is then indexed.
+    let mut view = everything.clone();
     for record in &unindexed {
         view.add_pack(record.clone());
     }
@@ -526,7 +534,7 @@ fn mark(
     }
     let mut missing: IdSet = used
         .iter()
-        .filter(|id| !index.contains(id))
+        .filter(|id| !everything.contains(id))
         .copied()
         .collect();
     let mut reindexed = Vec::new();
@@ -554,7 +562,7 @@ fn mark(
     report.packs_reindexed = reindexed.len() as u64;
     report.packs_unindexed = (doomed_unindexed.len() + unreadable.len()) as u64;
 
-    // Usage per pack.
+    // Usage per pack, among the packs this mark judges.
     let mut usage = vec![PackUsage::default(); index.packs().len()];
     for (id, location) in index.blobs() {
         let pack = &mut usage[location.pack as usize];
@@ -607,45 +615,40 @@ fn mark(
         unused_left -= u.unused_bytes;
         repack.push(index.packs()[position]);
         doomed.insert(index.packs()[position].id);
+        report.blobs_repacked += u64::from(u.used_blobs);
     }
     report.packs_repacked = repack.len() as u64;
     report.bytes_unused_after = unused_left;
-    let doomed_size = |id: &Id| stored.get(id).copied().unwrap_or(0);
-    report.bytes_to_free = doomed.iter().map(doomed_size).sum::<u64>()
-        + doomed_unindexed
-            .iter()
-            .map(|r| doomed_size(&r.id))
-            .sum::<u64>()
-        + unreadable.iter().map(doomed_size).sum::<u64>();
+    let size_of = |id: &Id| stored.get(id).copied().unwrap_or(0);
+    report.bytes_to_free = doomed.iter().map(size_of).sum::<u64>()
+        + doomed_unindexed.iter().map(|r| size_of(&r.id)).sum::<u64>()
+        + unreadable.iter().map(size_of).sum::<u64>();
 
     if options.dry_run {
-        report.blobs_repacked = repack
-            .iter()
-            .map(|p| {
-                u64::from(usage[index.pack_position(&p.id).expect("indexed") as usize].used_blobs)
-            })
-            .sum();
         return Ok(report);
+    }
+    if !reindexed.is_empty() {
+        repo.commit_index(&reindexed, &[])?;
     }
     if doomed.is_empty() && doomed_unindexed.is_empty() && unreadable.is_empty() {
-        // Nothing to free; still take in the packs that snapshots need.
-        if !reindexed.is_empty() {
-            repo.commit_index(&reindexed, &[])?;
-        }
         return Ok(report);
     }
 
-    // The index that stays: everything but the doomed packs, plus the packs taken in again.
-    let mut kept = index.without_packs(&doomed);
-    for record in &reindexed {
-        kept.add_pack(record.clone());
-    }
-
-    // Copy the used blobs of the packs being repacked into new packs; they are indexed by the
-    // writer's own index objects, which nothing supersedes.
+    // Copy the used blobs of the packs being repacked into new packs, indexed by the writer.
     if !repack.is_empty() {
-        let target = repo.clone().with_index(kept.clone());
-        let writer = BlobWriter::new(&target, &options.writer);
+        // Deduplicate against every copy outside the packs that go, so each blob is copied once.
+        let mut sources = files.clone();
+        sources.push((
+            Id::default(),
+            IndexFile {
+                supersedes: Vec::new(),
+                packs: reindexed.clone(),
+            },
+        ));
+        let leave_out: IdSet = doomed.union(&pending).copied().collect();
+        let target = Index::from_files(&sources, &leave_out);
+        let writer = BlobWriter::new(&repo.clone().with_index(target), &options.writer);
+        report.blobs_repacked = 0;
         for pack in &repack {
             let key = pack_key(&pack.id);
             let bytes = repo.storage().get(&key)?;
@@ -664,22 +667,17 @@ fn mark(
                 report.blobs_repacked += 1;
             }
         }
-        let stats = writer.finish()?;
-        report.bytes_repack_written = stats.bytes_stored;
-        for record in stats.packs {
-            kept.add_pack(record);
-        }
+        report.bytes_repack_written = writer.finish()?.bytes_stored;
     }
     crash_point("mark-repacked");
 
-    // Another prune that committed in the meantime saw an index this one is about to replace;
-    // stop rather than interleave two plans.
-    let concurrent: Vec<Id> = load_plans(repo)?
+    // Another prune that wrote a plan meanwhile judged the same packs; stop rather than
+    // interleave two plans.
+    let concurrent = load_plans(repo)?
         .into_iter()
         .map(|(id, _)| id)
-        .filter(|id| !plans_before.contains(id))
-        .collect();
-    if let Some(id) = concurrent.first() {
+        .find(|id| !plans_before.contains(id));
+    if let Some(id) = concurrent {
         return Err(Error::malformed(
             "prune",
             format!(
@@ -689,22 +687,19 @@ fn mark(
             ),
         ));
     }
-    let mut doomed_records = index.pack_records(&IdSet::default());
-    doomed_records.retain(|r| doomed.contains(&r.id));
+    let mut doomed_records: Vec<PackRecord> = distinct_records(&files)
+        .into_iter()
+        .filter(|r| doomed.contains(&r.id))
+        .collect();
     doomed_records.extend(doomed_unindexed);
-    // This includes the repacked packs, which the writer's own index objects also name:
-    // duplicates are harmless, and the next mark folds everything into one index again.
-    let committed = kept.pack_records(&IdSet::default());
-    repo.commit_index(&committed, &listed_index)?;
-    crash_point("mark-indexed");
-
     let plan = Plan {
         version: PLAN_VERSION,
-        created: now,
+        // The time of writing, not of the start of the run: backups that checked for plans
+        // before this one existed count on its sweep waiting a grace period from here.
+        created: now.max(jiff::Timestamp::now()),
         grace_secs: options.grace.as_secs(),
         snapshots: snapshots.iter().map(|(id, _)| *id).collect(),
         used_trees: used_trees.into_iter().collect(),
-        superseded_index: listed_index,
         doomed: base64::engine::general_purpose::STANDARD.encode(
             IndexFile {
                 supersedes: Vec::new(),
@@ -718,18 +713,16 @@ fn mark(
     let plan_id = save_plan(repo, &plan)?;
     crash_point("mark-planned");
     report.plan = Some(plan_id);
-    report.sweep_after = Some(
-        plan.created + jiff::SignedDuration::from_secs(plan.grace_secs.min(i64::MAX as u64) as i64),
-    );
+    report.sweep_after = Some(plan.due_at());
     Ok(report)
 }
 
 /// Writes a backup's snapshot so that a concurrent prune cannot take data it uses.
 ///
 /// `repo`'s index must include the packs the backup wrote (see [`IndexedRepository::add_packs`]).
-/// Blobs of the snapshot found in packs that a prune has doomed since the backup loaded its
-/// index are stored again first; if a prune already deleted such a pack, the snapshot is not
-/// written and [`Error::PrunedConcurrently`] says to run the backup again.
+/// Blobs of the snapshot that sit in packs a prune has doomed, and that no other pack holds, are
+/// stored again first; if a prune already deleted such a pack, the snapshot is not written and
+/// [`Error::PrunedConcurrently`] says to run the backup again.
 pub fn save_snapshot_guarded(
     repo: &mut IndexedRepository,
     snapshot: &Snapshot,
@@ -755,32 +748,41 @@ pub fn save_snapshot_guarded(
     unreachable!("the last attempt always writes")
 }
 
-/// Stores again the blobs below `root` that sit in doomed packs. Returns whether it changed
+/// Stores again the blobs below `root` that only doomed packs hold. Returns whether it stored
 /// anything (the caller then checks again, since time has passed).
 fn protect_tree(
     repo: &mut IndexedRepository,
     root: Id,
     writer_options: &WriterOptions,
 ) -> Result<bool> {
+    let plans = load_plans(repo)?;
     let mut doomed = IdSet::default();
     let mut swept = IdSet::default();
-    for (id, plan) in load_plans(repo)? {
+    // Trees every relevant plan saw in use: nothing below them can be lost.
+    let mut safe_trees: Option<IdSet> = None;
+    for (id, plan) in &plans {
         let ids = plan.doomed_ids(&format!("prune plan {id}"))?;
-        for pack in ids {
-            if repo.index().pack_position(&pack).is_some() {
-                if plan.swept.is_some() {
-                    swept.insert(pack);
-                }
-                doomed.insert(pack);
-            }
+        if !ids.iter().any(|p| repo.index().pack_position(p).is_some()) {
+            continue;
         }
+        for pack in ids {
+            if plan.swept.is_some() {
+                swept.insert(pack);
+            }
+            doomed.insert(pack);
+        }
+        let trees: IdSet = plan.used_trees.iter().copied().collect();
+        safe_trees = Some(match safe_trees {
+            None => trees,
+            Some(before) => before.intersection(&trees).copied().collect(),
+        });
     }
     if doomed.is_empty() {
         return Ok(false);
     }
     let index = repo.index().clone();
     let mut at_risk = Vec::new();
-    let mut visited = IdSet::default();
+    let mut visited = safe_trees.unwrap_or_default();
     walk_blobs(repo, root, &mut visited, &mut |id, blob_type| {
         if let Some(location) = index.get(&id)
             && doomed.contains(&index.pack(location).id)
@@ -792,34 +794,38 @@ fn protect_tree(
     if at_risk.is_empty() {
         return Ok(false);
     }
-    let mut current = repo.read_index()?;
-    // Blobs that a swept plan's packs held are gone unless something else holds them now.
+    // A blob with a copy outside the doomed packs (a repacked one, or one another backup
+    // stored) is safe as it is.
+    let files = repo.read_index_files()?.in_force;
+    let safe = Index::from_files(&files, &doomed);
+    at_risk.retain(|(id, _)| !safe.contains(id));
     let lost = at_risk
         .iter()
-        .filter(|(id, _)| {
-            let location = index.get(id).expect("found above");
-            swept.contains(&index.pack(location).id) && !current.contains(id)
-        })
+        .filter(|(id, _)| swept.contains(&index.pack(index.get(id).expect("found above")).id))
         .count();
     if lost > 0 {
         return Err(Error::PrunedConcurrently { blobs: lost });
     }
-    let target = (**repo).clone().with_index(current.without_packs(&doomed));
-    let writer = BlobWriter::new(&target, writer_options);
-    for (id, blob_type) in at_risk {
-        if writer.is_known(&id) {
-            continue;
+    let mut current = safe;
+    if !at_risk.is_empty() {
+        let writer = BlobWriter::new(
+            &(**repo).clone().with_index(current.clone()),
+            writer_options,
+        );
+        for (id, blob_type) in &at_risk {
+            if writer.is_known(id) {
+                continue;
+            }
+            let data = repo.read_blob(id)?;
+            writer.add_with_id(*blob_type, *id, data)?;
         }
-        let data = repo.read_blob(&id)?;
-        writer.add_with_id(blob_type, id, data)?;
+        for record in writer.finish()?.packs {
+            current.add_pack(record);
+        }
     }
-    let stats = writer.finish()?;
-    current = current.without_packs(&doomed);
-    for record in stats.packs {
-        current.add_pack(record);
-    }
+    // From here on the backup sees the doomed packs as gone.
     repo.replace_index(current);
-    Ok(true)
+    Ok(!at_risk.is_empty())
 }
 
 /// Checks, against a freshly read index, that every blob of a just-written snapshot is stored;
@@ -842,20 +848,6 @@ fn verify_complete(repo: &IndexedRepository, id: Id, snapshot: &Snapshot) -> Res
         });
     }
     Ok(())
-}
-
-/// Index objects superseded by others: what [`Repository::read_index`] leaves out. Exposed for
-/// `check`, which reports them as awaiting a sweep.
-pub fn superseded_index_objects(repo: &Repository) -> Result<IdSet> {
-    let mut superseded = IdSet::default();
-    for id in repo.list_ids(INDEX_PREFIX)? {
-        match repo.load_index_file(&id) {
-            Ok(file) => superseded.extend(file.supersedes),
-            Err(Error::Storage(e)) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(superseded)
 }
 
 #[cfg(test)]
@@ -972,14 +964,10 @@ mod tests {
         assert!(first.swept.is_empty());
         assert!(first.mark.packs_unused >= 2, "{:?}", first.mark);
         assert!(first.mark.plan.is_some());
-        // Marked, not deleted: the packs are still there, but no longer in the index.
+        // Marked, not deleted: the packs are still there, and still in the index.
         assert_eq!(pack_count(&repo), packs_before);
         assert_all_snapshots_readable(&repo);
-        let index = repo.read_index().unwrap();
-        assert_eq!(
-            index.packs().len() as u64,
-            first.mark.packs - first.mark.packs_unused
-        );
+        assert_eq!(repo.read_index().unwrap().packs().len(), packs_before);
 
         // Before the grace period ends, a second run waits.
         let early = prune(&repo, &options()).unwrap();
@@ -995,10 +983,12 @@ mod tests {
             pack_count(&repo) as u64,
             packs_before as u64 - first.mark.packs_unused
         );
-        // Superseded index objects are gone; the plan stays, swept, for one more grace period.
+        // One index object replaces the others; the plan stays, swept, for one more grace
+        // period.
+        assert_eq!(repo.list_ids(INDEX_PREFIX).unwrap().len(), 1);
         assert_eq!(
-            repo.list_ids(INDEX_PREFIX).unwrap().len(),
-            index.files().len()
+            repo.read_index().unwrap().packs().len() as u64,
+            packs_before as u64 - first.mark.packs_unused
         );
         let plans = load_plans(&repo).unwrap();
         assert_eq!(plans.len(), 1);

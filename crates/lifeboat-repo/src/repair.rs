@@ -2,9 +2,9 @@
 //!
 //! Every pack carries its own authenticated header, so the index is a cache that can always be
 //! rebuilt: after index objects are lost or damaged, or to take in packs that an interrupted
-//! backup stored but never indexed. The new index objects are written first, the last of them
-//! naming the old ones as superseded; only then are the old ones deleted, so a crash at any point
-//! leaves a readable repository (at worst with duplicate index entries, which are harmless).
+//! backup stored but never indexed. The new index is written first, as one object naming the old
+//! ones as superseded; only then are the old ones deleted, so a crash at any point leaves a
+//! readable repository.
 
 use crate::index::PackRecord;
 use crate::repository::{DATA_PREFIX, INDEX_PREFIX, Repository};
@@ -50,7 +50,7 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
             Err(e) => report.unreadable_packs.push((id, e.to_string())),
         }
     }
-    report.index_files_written = repo.commit_index(&records, &old_index)?.len() as u64;
+    report.index_files_written = u64::from(repo.commit_index(&records, &old_index)?.is_some());
     for id in &old_index {
         match repo.storage().delete(&format!("{INDEX_PREFIX}{id}")) {
             Ok(()) => report.index_files_removed += 1,

@@ -104,6 +104,15 @@ impl Default for InitOptions {
 /// A snapshot object that could not be read, and why.
 pub type UnreadableSnapshot = (Id, Error);
 
+/// The index objects of a repository, as [`Repository::read_index_files`] found them.
+#[derive(Debug, Clone, Default)]
+pub struct IndexFiles {
+    /// Every name listed, superseded or not.
+    pub listed: Vec<Id>,
+    /// The objects in force, with their contents.
+    pub in_force: Vec<(Id, IndexFile)>,
+}
+
 /// An opened repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -362,6 +371,8 @@ impl Repository {
         for id in self.list_ids(SNAPSHOTS_PREFIX)? {
             match self.load_snapshot(&id) {
                 Ok(snapshot) => all.push(SnapshotEntry { id, snapshot }),
+                // Forgotten between the listing and the read.
+                Err(Error::Storage(e)) if e.is_not_found() => {}
                 Err(e) => unreadable.push((id, e)),
             }
         }
@@ -492,14 +503,38 @@ impl Repository {
     }
 
     /// Reads the current index (see [`Self::load_index`]) without keeping it.
+    ///
+    /// Packs that a prune plan dooms come last, so a blob that also has a copy elsewhere (a
+    /// repacked one) is read from there: a reader that loaded the index just before the sweep
+    /// must not depend on packs the sweep deletes.
     pub fn read_index(&self) -> Result<Index> {
+        let mut doomed = IdSet::default();
+        for (id, plan) in crate::prune::load_plans(self)? {
+            doomed.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+        }
+        let files = self.read_index_files()?.in_force;
+        let mut index = Index::from_files(&files, &doomed);
+        if !doomed.is_empty() {
+            for (_, file) in &files {
+                for pack in file.packs.iter().filter(|p| doomed.contains(&p.id)) {
+                    index.add_pack(pack.clone());
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// Lists and reads the index objects: the names listed, and the objects in force (those no
+    /// other object supersedes) with their contents.
+    pub fn read_index_files(&self) -> Result<IndexFiles> {
+        let listed = self.list_ids(INDEX_PREFIX)?;
         let mut files = Vec::new();
         let mut superseded = IdSet::default();
-        for id in self.list_ids(INDEX_PREFIX)? {
-            match self.load_index_file(&id) {
+        for id in &listed {
+            match self.load_index_file(id) {
                 Ok(file) => {
                     superseded.extend(file.supersedes.iter().copied());
-                    files.push((id, file));
+                    files.push((*id, file));
                 }
                 // Deleted between the listing and the read: a prune sweep removed a superseded
                 // object, whose replacement is in the listing.
@@ -507,43 +542,27 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        let mut index = Index::new();
-        for (id, file) in files {
-            if !superseded.contains(&id) {
-                index.add_file(id, file);
-            }
-        }
-        Ok(index)
+        files.retain(|(id, _)| !superseded.contains(id));
+        Ok(IndexFiles {
+            listed,
+            in_force: files,
+        })
     }
 
-    /// Writes `packs` as new index objects, the last of which supersedes `supersedes`.
+    /// Writes `packs` as one new index object that supersedes `supersedes`.
     ///
-    /// The superseding object is written last, so a crash part way leaves the old objects in
-    /// force (plus harmless duplicates), never an index that lacks packs. With no packs, one
-    /// empty object carries the list.
-    pub fn commit_index(&self, packs: &[PackRecord], supersedes: &[Id]) -> Result<Vec<Id>> {
-        let mut written = Vec::new();
-        let chunks: Vec<&[PackRecord]> = if packs.is_empty() {
-            vec![&[]]
-        } else {
-            packs.chunks(crate::index::INDEX_PACKS_PER_OBJECT).collect()
-        };
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            if i == last && supersedes.is_empty() && chunk.is_empty() {
-                break;
-            }
-            let file = IndexFile {
-                supersedes: if i == last {
-                    supersedes.to_vec()
-                } else {
-                    Vec::new()
-                },
-                packs: chunk.to_vec(),
-            };
-            written.push(self.save_index(&file)?);
+    /// One object, however large, because readers list index objects while writers add them:
+    /// a listing may include a later object and miss an earlier one, so a superseding object
+    /// must not depend on companions. Returns `None` when there is nothing to write.
+    pub fn commit_index(&self, packs: &[PackRecord], supersedes: &[Id]) -> Result<Option<Id>> {
+        if packs.is_empty() && supersedes.is_empty() {
+            return Ok(None);
         }
-        Ok(written)
+        let file = IndexFile {
+            supersedes: supersedes.to_vec(),
+            packs: packs.to_vec(),
+        };
+        self.save_index(&file).map(Some)
     }
 
     /// Wraps an index built elsewhere (e.g. one that leaves out packs prune will delete).

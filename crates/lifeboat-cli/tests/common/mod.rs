@@ -1,0 +1,128 @@
+//! What the end-to-end tests share: a scratch environment that runs the real binary, and
+//! helpers to make and compare file trees.
+// Each test crate uses its own subset of these.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fs::write(env.password_file(), "a long test password\n").unwrap();
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn password_file(&self) -> PathBuf {
+        self.path("password")
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("lifeboat").unwrap();
+        cmd.env("LIFEBOAT_REPOSITORY", self.repo())
+            .env("LIFEBOAT_PASSWORD_FILE", self.password_file())
+            .env_remove("LIFEBOAT_PASSWORD_COMMAND")
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env("XDG_CONFIG_HOME", self.path("config-home"))
+            .env_remove("LIFEBOAT_CONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+        assert_cmd::assert::OutputAssertExt::assert(self.cmd().args(args))
+    }
+
+    pub fn init(&self) {
+        self.run(&["init", "--insecure-kdf-for-tests", "--pack-size-mib", "1"])
+            .success();
+    }
+
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        let out = self.cmd().args(["snapshots", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+}
+
+/// The result of a `--json` command: its last line (status lines come before it).
+pub fn summary_of(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("a JSON result line");
+    let value: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(value["type"], "summary", "{last}");
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let status: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
+        assert!(
+            status["type"] == "status" || status["type"] == "summary",
+            "{line}"
+        );
+    }
+    value
+}
+
+pub fn text_of(path: &Path) -> String {
+    path.to_str()
+        .expect("temporary paths are UTF-8")
+        .to_string()
+}
+
+pub fn write_tree(root: &Path, files: usize, size: usize, seed: u8) {
+    fs::create_dir_all(root.join("sub")).unwrap();
+    for i in 0..files {
+        // Mostly incompressible content, so packs fill at a predictable rate.
+        let mut data = vec![0u8; size];
+        let mut x = u64::from(seed) << 32 | (2 * i as u64 + 1);
+        for byte in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        let dir = if i % 2 == 0 {
+            root.to_path_buf()
+        } else {
+            root.join("sub")
+        };
+        fs::write(dir.join(format!("f{i:03}")), data).unwrap();
+    }
+}
+
+pub fn same_files(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
