@@ -127,6 +127,20 @@ enum RepairCommand {
     /// Rebuild the index from the pack headers (after lost or damaged index objects, or to take
     /// in packs that interrupted backups stored but never indexed).
     Index,
+    /// For snapshots that reference lost or damaged data, write repaired snapshots (tagged
+    /// `repaired`) that keep everything still intact, and name every path left out.
+    Snapshots {
+        /// Also read every pack and count blobs that fail verification as lost (slow; without
+        /// it only blobs whose pack or index entry is missing count).
+        #[arg(long)]
+        read_data: bool,
+        /// Remove the damaged originals once their repaired versions are written.
+        #[arg(long)]
+        forget: bool,
+        /// Report what is damaged; write nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -675,6 +689,18 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Prune(args) => prune(global, &args),
         Command::Key(command) => key(global, &command),
         Command::Repair(RepairCommand::Index) => repair_index(global),
+        Command::Repair(RepairCommand::Snapshots {
+            read_data,
+            forget,
+            dry_run,
+        }) => repair_snapshots(
+            global,
+            &lifeboat_repo::repair::SnapshotRepairOptions {
+                read_data,
+                dry_run,
+                forget,
+            },
+        ),
         Command::Ls(args) => browse::ls(global, &args),
         Command::Dump(args) => browse::dump(global, &args),
         Command::Diff(args) => browse::diff(global, &args),
@@ -1140,6 +1166,61 @@ fn repair_index(global: &GlobalArgs) -> Result<ExitCode> {
         );
     }
     Ok(if report.unreadable_packs.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+fn repair_snapshots(
+    global: &GlobalArgs,
+    options: &lifeboat_repo::repair::SnapshotRepairOptions,
+) -> Result<ExitCode> {
+    let repo = open(global)?.load_index()?;
+    let report = lifeboat_repo::repair::repair_snapshots(
+        &repo,
+        options,
+        &lifeboat_repo::WriterOptions::default(),
+    )?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !global.quiet {
+        for damaged in &report.damaged {
+            match damaged.repaired {
+                Some(id) => println!(
+                    "snapshot {}: {} paths lost, the rest kept in snapshot {}{}",
+                    damaged.original.short(),
+                    damaged.lost_paths.len(),
+                    id.short(),
+                    if options.forget {
+                        " (original removed)"
+                    } else {
+                        ""
+                    }
+                ),
+                None => println!(
+                    "snapshot {}: {} paths would be lost (dry run)",
+                    damaged.original.short(),
+                    damaged.lost_paths.len()
+                ),
+            }
+            for path in &damaged.lost_paths {
+                println!("  {path}");
+            }
+        }
+        println!(
+            "{} snapshots checked, {} damaged; {} blobs lost, {} index entries {}removed",
+            report.snapshots_checked,
+            report.damaged.len(),
+            report.lost_blobs,
+            report.index_entries_removed,
+            if options.dry_run { "would be " } else { "" }
+        );
+        if report.index_entries_removed > 0 && !options.dry_run {
+            println!("back up the same data again to store the lost blobs anew");
+        }
+    }
+    Ok(if report.damaged.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_PARTIAL)

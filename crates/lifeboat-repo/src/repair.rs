@@ -60,3 +60,341 @@ pub fn rebuild_index(repo: &Repository) -> Result<RebuildReport> {
     }
     Ok(report)
 }
+
+/// How [`repair_snapshots`] works.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotRepairOptions {
+    /// Also read every pack and treat blobs that fail verification as lost (without it, only
+    /// blobs missing from the index or whose pack is gone count).
+    pub read_data: bool,
+    /// Report what would be done; write nothing.
+    pub dry_run: bool,
+    /// Remove the damaged originals once their repaired versions are written.
+    pub forget: bool,
+}
+
+/// One damaged snapshot and what its repair left out.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RepairedSnapshot {
+    /// The damaged snapshot.
+    pub original: Id,
+    /// Its repaired version (none in a dry run).
+    pub repaired: Option<Id>,
+    /// Paths left out: files with lost data, directories whose listing is lost.
+    pub lost_paths: Vec<String>,
+}
+
+/// What [`repair_snapshots`] found and did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SnapshotRepairReport {
+    /// Blobs found lost (missing, in a missing pack, or failing verification).
+    pub lost_blobs: u64,
+    /// Damaged blobs removed from the index, so the next backup stores them again.
+    pub index_entries_removed: u64,
+    /// Snapshots examined.
+    pub snapshots_checked: u64,
+    /// The damaged ones.
+    pub damaged: Vec<RepairedSnapshot>,
+}
+
+/// For snapshots that reference lost data, writes repaired snapshots that keep everything
+/// still intact, and names every path left out.
+///
+/// A file with any lost blob is left out whole (a file with a hole in it would restore as
+/// silently wrong data); a directory whose tree is lost becomes empty. Damaged blobs are taken
+/// out of the index first, so the next backup of the same data stores it again and heals the
+/// repository. Repaired snapshots carry the tag `repaired`.
+pub fn repair_snapshots(
+    repo: &crate::IndexedRepository,
+    options: &SnapshotRepairOptions,
+    writer_options: &crate::WriterOptions,
+) -> Result<SnapshotRepairReport> {
+    use crate::id::IdSet;
+    let mut report = SnapshotRepairReport::default();
+    let index = repo.index().clone();
+    let stored: IdSet = repo
+        .storage()
+        .list(DATA_PREFIX)?
+        .iter()
+        .filter_map(|o| o.key.rsplit('/').next().and_then(Id::from_hex))
+        .collect();
+    let mut damaged_in_index = IdSet::default();
+    let mut damaged_packs = IdSet::default();
+    for (id, location) in index.blobs() {
+        let pack = index.pack(location).id;
+        if !stored.contains(&pack) {
+            damaged_in_index.insert(*id);
+            damaged_packs.insert(pack);
+        }
+    }
+    if options.read_data {
+        let (blobs, packs) = unreadable_blobs(repo, &stored)?;
+        damaged_in_index.extend(blobs);
+        damaged_packs.extend(packs);
+    }
+
+    // Rebuild the trees of every snapshot, bottom-up, without what is lost.
+    let mut rebuilt: crate::IdMap<TreeRepair> = crate::IdMap::default();
+    let mut new_trees: Vec<crate::Tree> = Vec::new();
+    let mut lost_blobs = IdSet::default();
+    let mut plans = Vec::new();
+    for entry in repo.snapshots()? {
+        report.snapshots_checked += 1;
+        let mut lost_paths = Vec::new();
+        let root = repair_tree(
+            repo,
+            entry.snapshot.tree,
+            "",
+            &damaged_in_index,
+            &mut rebuilt,
+            &mut new_trees,
+            &mut lost_blobs,
+            &mut lost_paths,
+        )?;
+        if !lost_paths.is_empty() {
+            plans.push((entry, root, lost_paths));
+        }
+    }
+    lost_blobs.extend(damaged_in_index.iter().copied());
+    report.lost_blobs = lost_blobs.len() as u64;
+    if options.dry_run {
+        report.damaged = plans
+            .into_iter()
+            .map(|(entry, _, lost_paths)| RepairedSnapshot {
+                original: entry.id,
+                repaired: None,
+                lost_paths,
+            })
+            .collect();
+        report.index_entries_removed = damaged_in_index.len() as u64;
+        return Ok(report);
+    }
+
+    // Copy what is intact in damaged packs to new packs, with the new trees; then commit an
+    // index without the damaged packs, so backups do not deduplicate against lost blobs. The
+    // damaged pack files stay where they are (named by `check`, removed by the next prune).
+    let files = repo.read_index_files()?;
+    let mut target = repo.clone();
+    target.replace_index(crate::index::Index::from_files(
+        &files.in_force,
+        &damaged_packs,
+    ));
+    let writer = crate::BlobWriter::new(&target, writer_options);
+    for pack_id in damaged_packs.iter().filter(|p| stored.contains(p)) {
+        let key = crate::repository::pack_key(pack_id);
+        let bytes = repo.storage().get(&key)?;
+        for (id, location) in index.blobs() {
+            if index.pack(location).id != *pack_id || damaged_in_index.contains(id) {
+                continue;
+            }
+            let range = location.offset as usize..(location.offset + location.stored_len) as usize;
+            let sealed = bytes.get(range).unwrap_or_default();
+            let data = crate::pack::decode_blob(
+                repo.key(),
+                &index.pack(location).salt,
+                &index.entry(*id, location),
+                sealed,
+                &key,
+            )?;
+            writer.add_with_id(location.blob_type, *id, data)?;
+        }
+    }
+    for tree in &new_trees {
+        writer.add(crate::BlobType::Tree, tree.to_bytes())?;
+    }
+    let stats = writer.finish()?;
+    if !damaged_packs.is_empty() {
+        let mut records: Vec<PackRecord> = Vec::new();
+        let mut seen = IdSet::default();
+        for (_, file) in &files.in_force {
+            for pack in &file.packs {
+                if !seen.insert(pack.id) {
+                    continue;
+                }
+                if damaged_packs.contains(&pack.id) {
+                    report.index_entries_removed += pack
+                        .entries
+                        .iter()
+                        .filter(|e| damaged_in_index.contains(&e.id))
+                        .count() as u64;
+                } else {
+                    records.push(pack.clone());
+                }
+            }
+        }
+        records.extend(stats.packs.iter().cloned());
+        repo.commit_index(&records, &files.listed)?;
+        for id in &files.listed {
+            match repo.storage().delete(&format!("{INDEX_PREFIX}{id}")) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    target.add_packs(stats.packs);
+    for (entry, root, lost_paths) in plans {
+        let mut snapshot = entry.snapshot.clone();
+        snapshot.tree = root;
+        if !snapshot.tags.iter().any(|t| t == "repaired") {
+            snapshot.tags.push("repaired".to_string());
+        }
+        let repaired = crate::prune::save_snapshot_guarded(&mut target, &snapshot, writer_options)?;
+        if options.forget {
+            repo.forget_snapshot(&entry.id)?;
+        }
+        report.damaged.push(RepairedSnapshot {
+            original: entry.id,
+            repaired: Some(repaired),
+            lost_paths,
+        });
+    }
+    Ok(report)
+}
+
+/// The repaired form of a tree: its new id (the same if nothing below it was lost).
+#[derive(Clone, Copy)]
+struct TreeRepair {
+    id: Id,
+}
+
+/// Rebuilds one tree without lost data; returns its (possibly new) id. New trees are appended
+/// to `new_trees` children first.
+#[allow(clippy::too_many_arguments)]
+fn repair_tree(
+    repo: &crate::IndexedRepository,
+    tree_id: Id,
+    path: &str,
+    damaged: &crate::id::IdSet,
+    rebuilt: &mut crate::IdMap<TreeRepair>,
+    new_trees: &mut Vec<crate::Tree>,
+    lost_blobs: &mut crate::id::IdSet,
+    lost_paths: &mut Vec<String>,
+) -> Result<Id> {
+    if let Some(done) = rebuilt.get(&tree_id) {
+        if done.id != tree_id {
+            // Same damage, already described for another snapshot: name it again here.
+            collect_lost_paths(repo, tree_id, path, damaged, lost_paths);
+        }
+        return Ok(done.id);
+    }
+    let lost = |id: &Id| damaged.contains(id) || !repo.index().contains(id);
+    let tree = repo.read_tree(&tree_id)?;
+    let mut nodes = Vec::with_capacity(tree.nodes.len());
+    let mut changed = false;
+    for mut node in tree.nodes {
+        let child = format!("{path}/{}", node.name);
+        let missing: Vec<Id> = node.content.iter().filter(|id| lost(id)).copied().collect();
+        if !missing.is_empty() {
+            lost_blobs.extend(missing);
+            lost_paths.push(child);
+            changed = true;
+            continue;
+        }
+        if let Some(sub) = node.subtree {
+            if lost(&sub) {
+                lost_blobs.insert(sub);
+                lost_paths.push(format!("{child}/ (directory listing lost; kept empty)"));
+                let empty = crate::Tree::new(Vec::new());
+                let empty_id = repo.key().blob_id(&empty.to_bytes());
+                new_trees.push(empty);
+                node.subtree = Some(empty_id);
+                changed = true;
+            } else {
+                let new = repair_tree(
+                    repo, sub, &child, damaged, rebuilt, new_trees, lost_blobs, lost_paths,
+                )?;
+                if new != sub {
+                    node.subtree = Some(new);
+                    changed = true;
+                }
+            }
+        }
+        nodes.push(node);
+    }
+    let id = if changed {
+        let tree = crate::Tree::new(nodes);
+        let id = repo.key().blob_id(&tree.to_bytes());
+        new_trees.push(tree);
+        id
+    } else {
+        tree_id
+    };
+    rebuilt.insert(tree_id, TreeRepair { id });
+    Ok(id)
+}
+
+/// Names the lost paths below a tree already repaired for another snapshot.
+fn collect_lost_paths(
+    repo: &crate::IndexedRepository,
+    tree_id: Id,
+    path: &str,
+    damaged: &crate::id::IdSet,
+    lost_paths: &mut Vec<String>,
+) {
+    let lost = |id: &Id| damaged.contains(id) || !repo.index().contains(id);
+    let Ok(tree) = repo.read_tree(&tree_id) else {
+        return;
+    };
+    for node in tree.nodes {
+        let child = format!("{path}/{}", node.name);
+        if node.content.iter().any(lost) {
+            lost_paths.push(child);
+        } else if let Some(sub) = node.subtree {
+            if lost(&sub) {
+                lost_paths.push(format!("{child}/ (directory listing lost; kept empty)"));
+            } else {
+                collect_lost_paths(repo, sub, &child, damaged, lost_paths);
+            }
+        }
+    }
+}
+
+/// Blobs of stored packs that fail verification, and the packs that are damaged (a blob fails,
+/// or the bytes no longer match the pack's name). Reads every pack the index names.
+fn unreadable_blobs(
+    repo: &crate::IndexedRepository,
+    stored: &crate::id::IdSet,
+) -> Result<(Vec<Id>, Vec<Id>)> {
+    let index = repo.index();
+    let mut by_pack: crate::IdMap<Vec<Id>> = crate::IdMap::default();
+    for (id, location) in index.blobs() {
+        by_pack
+            .entry(index.pack(location).id)
+            .or_default()
+            .push(*id);
+    }
+    let mut bad = Vec::new();
+    let mut bad_packs = Vec::new();
+    for (pack_id, blobs) in by_pack {
+        if !stored.contains(&pack_id) {
+            continue;
+        }
+        let key = crate::repository::pack_key(&pack_id);
+        let bytes = repo.storage().get(&key)?;
+        if Id::of_stored_bytes(&bytes) != pack_id {
+            bad_packs.push(pack_id);
+        }
+        for id in blobs {
+            let location = index.get(&id).expect("listed above");
+            let range = location.offset as usize..(location.offset + location.stored_len) as usize;
+            let ok = bytes.get(range).is_some_and(|sealed| {
+                crate::pack::decode_blob(
+                    repo.key(),
+                    &index.pack(location).salt,
+                    &index.entry(id, location),
+                    sealed,
+                    &key,
+                )
+                .is_ok()
+            });
+            if !ok {
+                bad.push(id);
+                if bad_packs.last() != Some(&pack_id) {
+                    bad_packs.push(pack_id);
+                }
+            }
+        }
+    }
+    Ok((bad, bad_packs))
+}
