@@ -417,7 +417,10 @@ impl Walker<'_> {
             && old.mtime == new.mtime
             && old.ctime == new.ctime
             && old.inode == new.inode
-            && old.content.iter().all(|id| self.repo.index().contains(id))
+            && old
+                .content
+                .iter()
+                .all(|id| self.repo.index().contains_reusable(id))
     }
 }
 

@@ -143,9 +143,9 @@ pub fn check(
     report.packs = packs.len() as u64;
     let known: IdSet = packs.iter().copied().collect();
     let mut doomed = IdSet::default();
-    for (id, plan) in crate::prune::load_plans(repo)? {
+    for (_, plan) in crate::prune::load_plans(repo)? {
         if plan.swept.is_none() {
-            doomed.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+            doomed.extend(plan.doomed_ids());
         }
     }
     for id in stored.keys() {

@@ -166,6 +166,8 @@ pub struct Index {
     pack_positions: IdMap<u32>,
     blobs: IdMap<BlobLocation>,
     files: Vec<Id>,
+    /// Positions of packs a prune plan dooms: readable until the sweep, never reused.
+    doomed: std::collections::HashSet<u32>,
 }
 
 impl Index {
@@ -222,6 +224,32 @@ impl Index {
             }
         }
         index
+    }
+
+    /// Like [`Self::from_files`] without leaving anything out: the packs in `last` are added
+    /// after all others, so a blob they share with another pack is found in the other one.
+    pub fn from_files_doomed_last(files: &[(Id, IndexFile)], last: &IdSet) -> Index {
+        let mut index = Index::from_files(files, last);
+        if !last.is_empty() {
+            for (_, file) in files {
+                for pack in file.packs.iter().filter(|p| last.contains(&p.id)) {
+                    index.add_pack(pack.clone());
+                }
+            }
+            index.doomed = last
+                .iter()
+                .filter_map(|id| index.pack_position(id))
+                .collect();
+        }
+        index
+    }
+
+    /// True if the blob is stored in a pack that no prune plan dooms, so a writer may reuse it
+    /// (a blob only doomed packs hold is stored again instead: the sweep will delete them).
+    pub fn contains_reusable(&self, id: &Id) -> bool {
+        self.blobs
+            .get(id)
+            .is_some_and(|l| !self.doomed.contains(&l.pack))
     }
 
     /// Location of a blob.

@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::id::IdSet;
@@ -73,29 +72,18 @@ pub struct Plan {
     /// Trees in use at the mark. Every blob below them was in use, so it is either in a pack
     /// that is kept or was copied by the repack: walks skip them.
     pub used_trees: Vec<Id>,
-    /// Doomed packs with their blobs, as an index object's encoding (base64).
-    pub doomed: String,
-    /// Doomed packs whose header could not be read (damaged leftovers), by id only.
-    pub unreadable: Vec<Id>,
+    /// Doomed packs. Those the index names stay in it until the sweep, which finds their
+    /// contents there; the others (left by interrupted backups) have their headers read.
+    pub doomed: Vec<Id>,
     /// When the sweep ran; the plan itself is removed a grace period later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swept: Option<jiff::Timestamp>,
 }
 
 impl Plan {
-    /// The doomed packs with their blobs.
-    pub fn doomed_packs(&self, what: &str) -> Result<Vec<PackRecord>> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&self.doomed)
-            .map_err(|e| Error::malformed(what, format!("doomed packs: {e}")))?;
-        Ok(IndexFile::decode(&bytes, what)?.packs)
-    }
-
     /// Ids of every pack the plan dooms.
-    pub fn doomed_ids(&self, what: &str) -> Result<IdSet> {
-        let mut ids: IdSet = self.doomed_packs(what)?.iter().map(|p| p.id).collect();
-        ids.extend(self.unreadable.iter().copied());
-        Ok(ids)
+    pub fn doomed_ids(&self) -> IdSet {
+        self.doomed.iter().copied().collect()
     }
 
     /// When a sweep may run (or, once swept, when the plan may go).
@@ -357,6 +345,46 @@ fn distinct_records(files: &[(Id, IndexFile)]) -> Vec<PackRecord> {
         .collect()
 }
 
+/// Of `blobs`, those that some pack outside `doomed` holds, by a scan of the index objects
+/// (cheaper in memory than a second index, and the candidates are few).
+fn with_copies_outside(files: &[(Id, IndexFile)], blobs: &IdSet, doomed: &IdSet) -> IdSet {
+    let mut found = IdSet::default();
+    if blobs.is_empty() {
+        return found;
+    }
+    for pack in files
+        .iter()
+        .flat_map(|(_, file)| &file.packs)
+        .filter(|p| !doomed.contains(&p.id))
+    {
+        for entry in &pack.entries {
+            if blobs.contains(&entry.id) {
+                found.insert(entry.id);
+            }
+        }
+    }
+    found
+}
+
+/// Headers of packs in storage that no index names, as records; the packs whose header cannot
+/// be read are returned apart.
+fn read_headers(repo: &Repository, packs: &[Id]) -> (Vec<PackRecord>, Vec<Id>) {
+    let mut records = Vec::new();
+    let mut unreadable = Vec::new();
+    for id in packs {
+        match repo.read_pack_header(id) {
+            Ok((trailer, entries)) => records.push(PackRecord {
+                id: *id,
+                salt: trailer.salt,
+                entries,
+            }),
+            Err(Error::Storage(e)) if e.is_not_found() => {}
+            Err(_) => unreadable.push(*id),
+        }
+    }
+    (records, unreadable)
+}
+
 fn sweep(
     repo: &Repository,
     plan_id: Id,
@@ -364,7 +392,6 @@ fn sweep(
     dry_run: bool,
     now: jiff::Timestamp,
 ) -> Result<SweepReport> {
-    let what = format!("prune plan {plan_id}");
     let mut report = SweepReport {
         plan: plan_id,
         marked: Some(plan.created),
@@ -377,44 +404,54 @@ fn sweep(
         listed: listed_index,
         in_force: files,
     } = repo.read_index_files()?;
-    let doomed = plan.doomed_packs(&what)?;
-    let doomed_ids = plan.doomed_ids(&what)?;
     let stored = stored_packs(repo)?;
-
-    // Blobs that snapshots written since the mark need and that only doomed packs hold.
-    let mut with_doomed = Index::from_files(&files, &IdSet::default());
-    for record in &doomed {
-        with_doomed.add_pack(record.clone());
+    let doomed = plan.doomed_ids();
+    let everything = Index::from_files(&files, &IdSet::default());
+    // Doomed packs no index names (leftovers of interrupted backups) may still hold what a new
+    // snapshot needs; their headers say.
+    let unindexed: Vec<Id> = doomed
+        .iter()
+        .filter(|id| everything.pack_position(id).is_none() && stored.contains_key(id))
+        .copied()
+        .collect();
+    let (unindexed_records, _) = read_headers(repo, &unindexed);
+    let mut view = everything;
+    for record in &unindexed_records {
+        view.add_pack(record.clone());
     }
-    let view = repo.clone().with_index(with_doomed);
-    let kept = Index::from_files(&files, &doomed_ids);
+    let view = repo.clone().with_index(view);
+    let index = view.index().clone();
+
+    // Blobs of snapshots written since the mark that only doomed packs hold.
     let seen: IdSet = plan.snapshots.iter().copied().collect();
     let mut visited: IdSet = plan.used_trees.iter().copied().collect();
-    let mut needed = IdSet::default();
+    let mut candidates = IdSet::default();
     for (_, snapshot) in snapshots.iter().filter(|(id, _)| !seen.contains(id)) {
         walk_blobs(&view, snapshot.tree, &mut visited, &mut |id, _| {
-            if !kept.contains(&id) {
-                needed.insert(id);
+            match index.get(&id) {
+                Some(location) if doomed.contains(&index.pack(location).id) => {
+                    candidates.insert(id);
+                }
+                _ => {}
             }
             Ok(())
         })?;
     }
+    let safe = with_copies_outside(&files, &candidates, &doomed);
     let mut rescued = IdSet::default();
-    for record in &doomed {
-        if record.entries.iter().any(|e| needed.contains(&e.id)) {
-            if !stored.contains_key(&record.id) {
-                return Err(Error::malformed(
-                    &what,
-                    format!(
-                        "a snapshot written since the mark needs pack {}, which is gone",
-                        record.id
-                    ),
-                ));
-            }
-            rescued.insert(record.id);
+    for id in candidates.difference(&safe) {
+        let pack = index
+            .pack(index.get(id).expect("a candidate has a location"))
+            .id;
+        if !stored.contains_key(&pack) {
+            return Err(Error::malformed(
+                format!("prune plan {plan_id}"),
+                format!("a snapshot written since the mark needs pack {pack}, which is gone"),
+            ));
         }
+        rescued.insert(pack);
     }
-    let deletable: Vec<Id> = doomed_ids
+    let deletable: Vec<Id> = doomed
         .iter()
         .filter(|id| !rescued.contains(id))
         .copied()
@@ -431,18 +468,18 @@ fn sweep(
         return Ok(report);
     }
 
-    // The index without the packs about to go, as one object replacing all listed ones. Packs
-    // that only the doomed ones' records name (rescued ones) come along from the plan.
+    // The index without the packs about to go, as one object replacing all listed ones.
     let deleting: IdSet = deletable.iter().copied().collect();
     let mut records = distinct_records(&files);
+    drop(files);
     records.retain(|r| !deleting.contains(&r.id));
-    let present: IdSet = records.iter().map(|r| r.id).collect();
     records.extend(
-        doomed
+        unindexed_records
             .into_iter()
-            .filter(|r| rescued.contains(&r.id) && !present.contains(&r.id)),
+            .filter(|r| rescued.contains(&r.id)),
     );
     repo.commit_index(&records, &listed_index)?;
+    drop(records);
     crash_point("sweep-indexed");
     for id in &deletable {
         delete_ignoring_missing(repo, &pack_key(id))?;
@@ -493,37 +530,32 @@ fn mark(
     let stored = stored_packs(repo)?;
     // Packs an earlier plan dooms are its sweep's to judge; this mark leaves them alone.
     let mut pending = IdSet::default();
-    for (id, plan) in plans.iter().filter(|(_, p)| p.swept.is_none()) {
-        pending.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+    for (_, plan) in plans.iter().filter(|(_, p)| p.swept.is_none()) {
+        pending.extend(plan.doomed_ids());
     }
-    let everything = Index::from_files(&files, &IdSet::default());
-    let index = Index::from_files(&files, &pending);
+    let index = Index::from_files_doomed_last(&files, &pending);
+    drop(files);
 
     // Packs no index names: left by interrupted backups, or in flight from running ones (whose
     // index objects will name them; the sweep then leaves them). Their headers say what they
     // hold.
-    let mut unindexed = Vec::new();
-    let mut unreadable = Vec::new();
-    for id in stored.keys() {
-        if everything.pack_position(id).is_none() && !pending.contains(id) {
-            match repo.read_pack_header(id) {
-                Ok((trailer, entries)) => unindexed.push(PackRecord {
-                    id: *id,
-                    salt: trailer.salt,
-                    entries,
-                }),
-                Err(Error::Storage(e)) if e.is_not_found() => {}
-                Err(_) => unreadable.push(*id),
-            }
-        }
-    }
+    let unindexed: Vec<Id> = stored
+        .keys()
+        .filter(|id| index.pack_position(id).is_none() && !pending.contains(id))
+        .copied()
+        .collect();
+    let (unindexed, unreadable) = read_headers(repo, &unindexed);
 
     // Blobs in use. One the index lacks may be in an unindexed pack, which is then indexed.
-    let mut view = everything.clone();
-    for record in &unindexed {
-        view.add_pack(record.clone());
-    }
-    let view = repo.clone().with_index(view);
+    let view = if unindexed.is_empty() {
+        repo.clone().with_index(index)
+    } else {
+        let mut view = index;
+        for record in &unindexed {
+            view.add_pack(record.clone());
+        }
+        repo.clone().with_index(view)
+    };
     let mut used = IdSet::default();
     let mut used_trees = IdSet::default();
     for (_, snapshot) in &snapshots {
@@ -532,39 +564,45 @@ fn mark(
             Ok(())
         })?;
     }
-    let mut missing: IdSet = used
-        .iter()
-        .filter(|id| !everything.contains(id))
-        .copied()
-        .collect();
+    let index = view.index().clone();
+    let unindexed_ids: IdSet = unindexed.iter().map(|r| r.id).collect();
     let mut reindexed = Vec::new();
     let mut doomed_unindexed = Vec::new();
     for record in unindexed {
-        if record.entries.iter().any(|e| missing.contains(&e.id)) {
-            for e in &record.entries {
-                missing.remove(&e.id);
-            }
+        let needed = record.entries.iter().any(|e| {
+            used.contains(&e.id)
+                && index
+                    .get(&e.id)
+                    .is_some_and(|l| index.pack(l).id == record.id)
+        });
+        if needed {
             reindexed.push(record);
         } else {
-            doomed_unindexed.push(record);
+            doomed_unindexed.push(record.id);
         }
     }
-    if let Some(id) = missing.iter().next() {
+    if let Some(id) = used.iter().find(|id| !index.contains(id)) {
         return Err(Error::malformed(
             "repository",
             format!(
-                "{} blob(s) in use are in no pack (e.g. {id}); prune stops. Run `lifeboat check` \
-                 to see which snapshots are affected",
-                missing.len()
+                "blob {id}, which a snapshot uses, is in no pack; prune stops. Run `lifeboat \
+                 check` to see which snapshots are affected"
             ),
         ));
     }
     report.packs_reindexed = reindexed.len() as u64;
     report.packs_unindexed = (doomed_unindexed.len() + unreadable.len()) as u64;
 
-    // Usage per pack, among the packs this mark judges.
+    // Usage per pack, among the indexed packs this mark judges.
+    let judged = |position: u32| {
+        let id = index.packs()[position as usize].id;
+        !pending.contains(&id) && !unindexed_ids.contains(&id)
+    };
     let mut usage = vec![PackUsage::default(); index.packs().len()];
     for (id, location) in index.blobs() {
+        if !judged(location.pack) {
+            continue;
+        }
         let pack = &mut usage[location.pack as usize];
         if used.contains(id) {
             pack.used_blobs += 1;
@@ -577,11 +615,14 @@ fn mark(
             report.bytes_unused += u64::from(location.stored_len);
         }
     }
-    report.packs = index.packs().len() as u64;
     let mut doomed = IdSet::default();
     let mut partly_used = Vec::new();
     let mut unused_left = 0u64;
     for (position, pack) in index.packs().iter().enumerate() {
+        if !judged(position as u32) {
+            continue;
+        }
+        report.packs += 1;
         let u = usage[position];
         if u.used_blobs == 0 {
             doomed.insert(pack.id);
@@ -619,10 +660,12 @@ fn mark(
     }
     report.packs_repacked = repack.len() as u64;
     report.bytes_unused_after = unused_left;
-    let size_of = |id: &Id| stored.get(id).copied().unwrap_or(0);
-    report.bytes_to_free = doomed.iter().map(size_of).sum::<u64>()
-        + doomed_unindexed.iter().map(|r| size_of(&r.id)).sum::<u64>()
-        + unreadable.iter().map(size_of).sum::<u64>();
+    doomed.extend(doomed_unindexed.iter().copied());
+    doomed.extend(unreadable.iter().copied());
+    report.bytes_to_free = doomed
+        .iter()
+        .map(|id| stored.get(id).copied().unwrap_or(0))
+        .sum();
 
     if options.dry_run {
         return Ok(report);
@@ -630,24 +673,15 @@ fn mark(
     if !reindexed.is_empty() {
         repo.commit_index(&reindexed, &[])?;
     }
-    if doomed.is_empty() && doomed_unindexed.is_empty() && unreadable.is_empty() {
+    if doomed.is_empty() {
         return Ok(report);
     }
 
     // Copy the used blobs of the packs being repacked into new packs, indexed by the writer.
+    // Its index is empty: a blob that also has a copy elsewhere is copied once more, which is
+    // rare and harmless, and it spares a second index in memory.
     if !repack.is_empty() {
-        // Deduplicate against every copy outside the packs that go, so each blob is copied once.
-        let mut sources = files.clone();
-        sources.push((
-            Id::default(),
-            IndexFile {
-                supersedes: Vec::new(),
-                packs: reindexed.clone(),
-            },
-        ));
-        let leave_out: IdSet = doomed.union(&pending).copied().collect();
-        let target = Index::from_files(&sources, &leave_out);
-        let writer = BlobWriter::new(&repo.clone().with_index(target), &options.writer);
+        let writer = BlobWriter::new(&repo.clone().with_index(Index::new()), &options.writer);
         report.blobs_repacked = 0;
         for pack in &repack {
             let key = pack_key(&pack.id);
@@ -687,11 +721,8 @@ fn mark(
             ),
         ));
     }
-    let mut doomed_records: Vec<PackRecord> = distinct_records(&files)
-        .into_iter()
-        .filter(|r| doomed.contains(&r.id))
-        .collect();
-    doomed_records.extend(doomed_unindexed);
+    let mut doomed: Vec<Id> = doomed.into_iter().collect();
+    doomed.sort();
     let plan = Plan {
         version: PLAN_VERSION,
         // The time of writing, not of the start of the run: backups that checked for plans
@@ -700,14 +731,7 @@ fn mark(
         grace_secs: options.grace.as_secs(),
         snapshots: snapshots.iter().map(|(id, _)| *id).collect(),
         used_trees: used_trees.into_iter().collect(),
-        doomed: base64::engine::general_purpose::STANDARD.encode(
-            IndexFile {
-                supersedes: Vec::new(),
-                packs: doomed_records,
-            }
-            .encode(),
-        ),
-        unreadable,
+        doomed,
         swept: None,
     };
     let plan_id = save_plan(repo, &plan)?;
@@ -760,8 +784,8 @@ fn protect_tree(
     let mut swept = IdSet::default();
     // Trees every relevant plan saw in use: nothing below them can be lost.
     let mut safe_trees: Option<IdSet> = None;
-    for (id, plan) in &plans {
-        let ids = plan.doomed_ids(&format!("prune plan {id}"))?;
+    for (_, plan) in &plans {
+        let ids = plan.doomed_ids();
         if !ids.iter().any(|p| repo.index().pack_position(p).is_some()) {
             continue;
         }
@@ -1012,6 +1036,23 @@ mod tests {
         prune_at(&repo, &options(), later(11)).unwrap();
         assert!(repo.snapshots().unwrap().iter().any(|s| s.id == reused));
         assert_all_snapshots_readable(&repo);
+    }
+
+    #[test]
+    fn after_a_mark_backups_store_doomed_blobs_again_instead_of_reusing_them() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3])]);
+        repo.forget_snapshot(&old).unwrap();
+        prune(&repo, &options()).unwrap();
+        let fresh = repo.clone().load_index().unwrap();
+        let writer = BlobWriter::new(&fresh, &WriterOptions::default());
+        let id = writer.blob_id(&noise(2, 20_000));
+        // Still readable until the sweep, but no longer deduplicated against.
+        assert!(fresh.index().contains(&id));
+        assert!(fresh.read_blob(&id).is_ok());
+        assert!(!writer.is_known(&id));
+        assert!(writer.add(BlobType::Data, noise(2, 20_000)).unwrap().1);
+        writer.finish().unwrap();
     }
 
     #[test]

@@ -509,19 +509,11 @@ impl Repository {
     /// must not depend on packs the sweep deletes.
     pub fn read_index(&self) -> Result<Index> {
         let mut doomed = IdSet::default();
-        for (id, plan) in crate::prune::load_plans(self)? {
-            doomed.extend(plan.doomed_ids(&format!("prune plan {id}"))?);
+        for (_, plan) in crate::prune::load_plans(self)? {
+            doomed.extend(plan.doomed_ids());
         }
         let files = self.read_index_files()?.in_force;
-        let mut index = Index::from_files(&files, &doomed);
-        if !doomed.is_empty() {
-            for (_, file) in &files {
-                for pack in file.packs.iter().filter(|p| doomed.contains(&p.id)) {
-                    index.add_pack(pack.clone());
-                }
-            }
-        }
-        Ok(index)
+        Ok(Index::from_files_doomed_last(&files, &doomed))
     }
 
     /// Lists and reads the index objects: the names listed, and the objects in force (those no

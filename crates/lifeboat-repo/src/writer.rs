@@ -190,9 +190,9 @@ impl BlobWriter {
         self.key.blob_id(data)
     }
 
-    /// True if the blob is stored or being stored.
+    /// True if the blob is stored (in a pack no prune plan dooms) or being stored.
     pub fn is_known(&self, id: &Id) -> bool {
-        self.index.contains(id) || self.pending.lock().contains(id)
+        self.index.contains_reusable(id) || self.pending.lock().contains(id)
     }
 
     /// Adds a blob unless it is already stored; returns its id and whether it was new.
@@ -207,7 +207,7 @@ impl BlobWriter {
         if self.shared.failed() {
             return Err(self.stopped());
         }
-        if self.index.contains(&id) || !self.pending.lock().insert(id) {
+        if self.index.contains_reusable(&id) || !self.pending.lock().insert(id) {
             return Ok(false);
         }
         let jobs = self.jobs.as_ref().expect("jobs sender lives until finish");
