@@ -13,7 +13,7 @@ mod progress;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -61,6 +61,10 @@ struct GlobalArgs {
     /// Print less (no progress, no summaries).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Explain more on standard error: -v says what each step decides, -vv adds detail for
+    /// debugging (LIFEBOAT_LOG=filter overrides both).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
     /// Configuration file (default: ~/.config/lifeboat/config.toml if it exists).
     #[arg(long, env = "LIFEBOAT_CONFIG", global = true)]
     config: Option<PathBuf>,
@@ -81,6 +85,13 @@ enum Command {
     /// Show the settings in effect and where each comes from (flag, environment, file).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the manual page (roff): `lifeboat man | man -l -`, or with --dir write one page
+    /// per command (lifeboat.1, lifeboat-backup.1, …) for installing under man1/.
+    Man {
+        /// Write all pages into this directory instead of printing the main one.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -615,9 +626,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let default_level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIFEBOAT_LOG"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(cli.global.verbose >= 2)
         .init();
     match run(cli, &matches) {
         Ok(code) => code,
@@ -672,6 +693,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Tag(args) => tag(global, &args),
         Command::Find(args) => find(global, &args),
         Command::Config(_) => unreachable!("handled above"),
+        Command::Man { dir } => man_pages(dir.as_deref()),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -1388,6 +1410,34 @@ fn forget(
     Ok(ExitCode::SUCCESS)
 }
 
+fn man_pages(dir: Option<&Path>) -> Result<ExitCode> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = vec![("lifeboat".to_string(), command.clone())];
+    for sub in command.get_subcommands() {
+        let name = format!("lifeboat-{}", sub.get_name());
+        pages.push((
+            name.clone(),
+            sub.clone()
+                .display_name(name)
+                .version(env!("CARGO_PKG_VERSION")),
+        ));
+    }
+    for (name, page) in pages {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page)
+            .title(name.clone())
+            .render(&mut roff)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, roff).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn prune(global: &GlobalArgs, args: &PruneArgs) -> Result<ExitCode> {
     let repo = open(global)?;
     let options = lifeboat_repo::prune::PruneOptions {
@@ -1624,6 +1674,7 @@ fn other_repository(
         password_command,
         json: global.json,
         quiet: global.quiet,
+        verbose: global.verbose,
         config: global.config.clone(),
     }
 }

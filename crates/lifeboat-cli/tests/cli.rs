@@ -821,3 +821,38 @@ fn config_file_fills_what_flags_and_environment_leave_unset() {
         .failure()
         .stderr(predicate::str::contains("cannot read config file"));
 }
+
+/// `man` prints a manual page, `man --dir` writes one per command, and `-v` explains decisions
+/// on standard error without changing standard output.
+#[test]
+fn manual_pages_and_verbose_output() {
+    let env = Env::new();
+    env.run(&["man"])
+        .success()
+        .stdout(predicate::str::contains(".TH lifeboat 1").and(predicate::str::contains("prune")));
+    let pages = env.path("man1");
+    env.run(&["man", "--dir", &text_of(&pages)]).success();
+    for page in [
+        "lifeboat.1",
+        "lifeboat-backup.1",
+        "lifeboat-prune.1",
+        "lifeboat-restore.1",
+    ] {
+        let text = fs::read_to_string(pages.join(page)).unwrap();
+        assert!(text.contains(".SH OPTIONS"), "{page}");
+    }
+
+    env.init();
+    let source = env.path("source");
+    write_tree(&source, 2, 100, 4);
+    env.run(&["backup", "-v", &text_of(&source)])
+        .success()
+        .stderr(predicate::str::contains("no parent snapshot"));
+    env.run(&["backup", "-v", &text_of(&source)])
+        .success()
+        .stderr(predicate::str::contains("unchanged files are not read"));
+    env.run(&["backup", &text_of(&source)])
+        .success()
+        .stderr(predicate::str::contains("parent snapshot").not());
+    env.run(&["-v", "-q", "snapshots"]).code(2);
+}

@@ -607,6 +607,13 @@ pub fn backup(
         (false, Some(id)) => Some((id, repo.read_tree(&repo.load_snapshot(&id)?.tree)?)),
         (false, None) => find_parent(repo, &options.hostname, &path_strings)?,
     };
+    match &parent {
+        Some((id, _)) => tracing::info!(
+            "parent snapshot {}: unchanged files are not read",
+            id.short()
+        ),
+        None => tracing::info!("no parent snapshot: every file is read"),
+    }
     let selection = selection_of(&paths);
     let devices = if options.one_file_system {
         let mut devices = Vec::new();

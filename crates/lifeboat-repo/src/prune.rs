@@ -260,6 +260,7 @@ pub fn prune_at(
             report.plans_removed += 1;
             continue;
         }
+        tracing::info!("sweeping prune plan {} of {}", id.short(), plan.created);
         report
             .swept
             .push(sweep(repo, id, plan, options.dry_run, now)?);
@@ -735,6 +736,12 @@ fn mark(
         swept: None,
     };
     let plan_id = save_plan(repo, &plan)?;
+    tracing::info!(
+        "prune plan {} dooms {} packs; a run after {} may delete them",
+        plan_id.short(),
+        plan.doomed.len(),
+        plan.due_at()
+    );
     crash_point("mark-planned");
     report.plan = Some(plan_id);
     report.sweep_after = Some(plan.due_at());
@@ -818,6 +825,10 @@ fn protect_tree(
     if at_risk.is_empty() {
         return Ok(false);
     }
+    tracing::info!(
+        "{} blobs of this snapshot sit in packs a prune has doomed",
+        at_risk.len()
+    );
     // A blob with a copy outside the doomed packs (a repacked one, or one another backup
     // stored) is safe as it is.
     let files = repo.read_index_files()?.in_force;
