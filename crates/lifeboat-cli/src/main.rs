@@ -1544,7 +1544,11 @@ fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
         .and_then(|p| std::fs::read(p).ok())
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
-    let report = lifeboat_repo::check::check(&repo, read, &record)?;
+    let progress = Arc::new(lifeboat_repo::check::CheckProgress::default());
+    let display = progress::start_check(progress.clone(), show_progress(global));
+    let report = lifeboat_repo::check::check(&repo, read, &record, &progress);
+    display.stop();
+    let report = report?;
     if !report.verified.is_empty()
         && let Some(path) = &record_path
     {
@@ -1565,7 +1569,10 @@ fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
         }
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        // One line, last, after the status lines (as for backup and restore).
+        let mut value = serde_json::to_value(&report)?;
+        value["type"] = "summary".into();
+        println!("{value}");
     } else if !global.quiet {
         println!(
             "checked {} snapshots, {} trees, {} packs; read {} packs ({}), verified {} blobs",
@@ -1719,12 +1726,19 @@ fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
         chosen
     };
     let mut destination = destination.load_index()?;
+    let progress = Arc::new(lifeboat_repo::CopyProgress::default());
+    let display = progress::start_copy(progress.clone(), show_progress(global));
     let stats = lifeboat_repo::copy_snapshots(
         &source,
         &mut destination,
         &snapshots,
-        &lifeboat_repo::CopyOptions::default(),
-    )?;
+        &lifeboat_repo::CopyOptions {
+            progress: Some(progress),
+            ..Default::default()
+        },
+    );
+    display.stop();
+    let stats = stats?;
     let requests = |s: lifeboat_storage::RequestStats| {
         serde_json::json!({
             "put": s.puts, "get": s.gets, "list": s.lists, "stat": s.stats,
@@ -1733,6 +1747,7 @@ fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
     };
     if global.json {
         let value = serde_json::json!({
+            "type": "summary",
             "copied": stats.copied.iter().map(|c| serde_json::json!({
                 "source": c.source, "destination": c.destination,
             })).collect::<Vec<_>>(),

@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lifeboat_files::{BackupProgress, RestoreProgress};
+use lifeboat_repo::CopyProgress;
+use lifeboat_repo::check::CheckProgress;
 
 use crate::bytes;
 
@@ -134,6 +136,73 @@ pub fn start_restore(progress: Arc<RestoreProgress>, mode: Mode) -> Display {
                 "bytes_done": p.bytes_done.load(Ordering::Relaxed),
                 "bytes_total": p.bytes_total.load(Ordering::Relaxed),
                 "packs_done": p.packs_done.load(Ordering::Relaxed),
+            })
+        },
+    )
+}
+
+pub fn start_check(progress: Arc<CheckProgress>, mode: Mode) -> Display {
+    let p = progress.clone();
+    start(
+        mode,
+        move |elapsed| {
+            let done = progress.packs_done.load(Ordering::Relaxed);
+            let total = progress.packs_total.load(Ordering::Relaxed);
+            let read = progress.bytes_read.load(Ordering::Relaxed);
+            let rate = read as f64 / elapsed.as_secs_f64().max(0.001);
+            if total == 0 {
+                format!(
+                    "[{:>5.0}s] {} snapshots walked",
+                    elapsed.as_secs_f64(),
+                    progress.snapshots_done.load(Ordering::Relaxed)
+                )
+            } else {
+                let eta =
+                    (total - done.min(total)) as f64 * elapsed.as_secs_f64() / done.max(1) as f64;
+                format!(
+                    "[{:>5.0}s] {done} of {total} packs verified ({:.0}%), {} read, {}/s, ETA {eta:.0}s",
+                    elapsed.as_secs_f64(),
+                    100.0 * done as f64 / total as f64,
+                    bytes(read),
+                    bytes(rate as u64),
+                )
+            }
+        },
+        move |elapsed| {
+            serde_json::json!({
+                "type": "status",
+                "seconds": elapsed.as_secs_f64(),
+                "snapshots_done": p.snapshots_done.load(Ordering::Relaxed),
+                "packs_done": p.packs_done.load(Ordering::Relaxed),
+                "packs_total": p.packs_total.load(Ordering::Relaxed),
+                "bytes_read": p.bytes_read.load(Ordering::Relaxed),
+            })
+        },
+    )
+}
+
+pub fn start_copy(progress: Arc<CopyProgress>, mode: Mode) -> Display {
+    let p = progress.clone();
+    start(
+        mode,
+        move |elapsed| {
+            let copied = progress.bytes_copied.load(Ordering::Relaxed);
+            format!(
+                "[{:>5.0}s] {} of {} snapshots, {} copied ({}/s)",
+                elapsed.as_secs_f64(),
+                progress.snapshots_done.load(Ordering::Relaxed),
+                progress.snapshots_total.load(Ordering::Relaxed),
+                bytes(copied),
+                bytes((copied as f64 / elapsed.as_secs_f64().max(0.001)) as u64),
+            )
+        },
+        move |elapsed| {
+            serde_json::json!({
+                "type": "status",
+                "seconds": elapsed.as_secs_f64(),
+                "snapshots_done": p.snapshots_done.load(Ordering::Relaxed),
+                "snapshots_total": p.snapshots_total.load(Ordering::Relaxed),
+                "bytes_copied": p.bytes_copied.load(Ordering::Relaxed),
             })
         },
     )

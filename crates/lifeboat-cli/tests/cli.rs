@@ -855,4 +855,15 @@ fn manual_pages_and_verbose_output() {
         .success()
         .stderr(predicate::str::contains("parent snapshot").not());
     env.run(&["-v", "-q", "snapshots"]).code(2);
+
+    // check reports its result as the last JSON line, like backup and restore.
+    let out = env
+        .cmd()
+        .args(["--json", "check", "--read-data"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let result = summary_of(&out.stdout);
+    assert_eq!(result["packs_read"], result["packs"]);
+    assert!(result["blobs_verified"].as_u64().unwrap() > 0);
 }

@@ -366,12 +366,12 @@ mod check {
             ReadData::Part { n: 2, m: 3 },
             ReadData::All,
         ] {
-            let report = check(&repo, read, &HashMap::new()).unwrap();
+            let report = check(&repo, read, &HashMap::new(), &Default::default()).unwrap();
             assert!(report.is_clean(), "{read:?}: {:?}", report.errors);
             assert_eq!(report.snapshots, 1);
             assert!(report.trees > 1 && report.packs > 1);
         }
-        let all = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        let all = check(&repo, ReadData::All, &HashMap::new(), &Default::default()).unwrap();
         assert_eq!(all.packs_read, all.packs);
         assert_eq!(all.blobs_verified as usize, repo.index().blob_count());
     }
@@ -382,7 +382,13 @@ mod check {
         let mut record = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for round in 0..4 {
-            let report = check(&repo, ReadData::Fraction(0.25), &record).unwrap();
+            let report = check(
+                &repo,
+                ReadData::Fraction(0.25),
+                &record,
+                &Default::default(),
+            )
+            .unwrap();
             assert!(report.is_clean());
             for id in &report.verified {
                 record.insert(*id, round);
@@ -391,7 +397,9 @@ mod check {
         }
         assert_eq!(
             seen.len() as u64,
-            check(&repo, ReadData::None, &HashMap::new()).unwrap().packs
+            check(&repo, ReadData::None, &HashMap::new(), &Default::default())
+                .unwrap()
+                .packs
         );
     }
 
@@ -402,7 +410,7 @@ mod check {
         flip_byte(&packs[0], 10);
         let name = packs[0].file_name().unwrap().to_str().unwrap().to_string();
         // Structure alone reads only headers: a flip in blob data needs --read-data.
-        let report = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        let report = check(&repo, ReadData::All, &HashMap::new(), &Default::default()).unwrap();
         assert!(
             report.errors.iter().any(|p| p.object.contains(&name)),
             "{:?}",
@@ -411,7 +419,7 @@ mod check {
 
         fs::remove_file(&packs[1]).unwrap();
         let gone = packs[1].file_name().unwrap().to_str().unwrap().to_string();
-        let report = check(&repo, ReadData::None, &HashMap::new()).unwrap();
+        let report = check(&repo, ReadData::None, &HashMap::new(), &Default::default()).unwrap();
         let missing: Vec<_> = report
             .errors
             .iter()
@@ -436,7 +444,7 @@ mod check {
         );
         assert!(report.unreadable_packs.is_empty());
         let repo = open(&f).unwrap();
-        let checked = check(&repo, ReadData::All, &HashMap::new()).unwrap();
+        let checked = check(&repo, ReadData::All, &HashMap::new(), &Default::default()).unwrap();
         assert!(
             checked.is_clean() && checked.unindexed_packs.is_empty(),
             "{:?}",
@@ -472,7 +480,13 @@ mod check {
             fs::remove_file(path).unwrap();
         }
         let reopened = open(&f).unwrap();
-        let report = check(&reopened, ReadData::None, &HashMap::new()).unwrap();
+        let report = check(
+            &reopened,
+            ReadData::None,
+            &HashMap::new(),
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(
             report.unindexed_packs.len(),
             objects(&f.repo_dir, "data").len()

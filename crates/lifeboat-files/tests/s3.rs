@@ -113,6 +113,7 @@ fn check_read_data(repo: &IndexedRepository) {
         repo,
         lifeboat_repo::check::ReadData::All,
         &std::collections::HashMap::new(),
+        &Default::default(),
     )
     .unwrap();
     assert!(report.is_clean(), "{:?}", report.errors);

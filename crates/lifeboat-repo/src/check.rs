@@ -39,6 +39,19 @@ pub enum ReadData {
     All,
 }
 
+/// Live counters of a check, readable from another thread (for progress displays).
+#[derive(Debug, Default)]
+pub struct CheckProgress {
+    /// Snapshots whose trees have been walked.
+    pub snapshots_done: std::sync::atomic::AtomicU64,
+    /// Packs chosen for reading.
+    pub packs_total: std::sync::atomic::AtomicU64,
+    /// Packs read and verified so far.
+    pub packs_done: std::sync::atomic::AtomicU64,
+    /// Bytes of pack data read so far.
+    pub bytes_read: std::sync::atomic::AtomicU64,
+}
+
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
@@ -115,7 +128,9 @@ pub fn check(
     repo: &IndexedRepository,
     read: ReadData,
     last_verified: &HashMap<Id, i64>,
+    progress: &CheckProgress,
 ) -> Result<CheckReport> {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut report = CheckReport::default();
     let index = repo.index();
 
@@ -196,6 +211,7 @@ pub fn check(
             }
         };
         report.snapshots += 1;
+        progress.snapshots_done.fetch_add(1, Relaxed);
         let mut stack = vec![snapshot.tree];
         while let Some(tree_id) = stack.pop() {
             if !seen_trees.insert(tree_id) {
@@ -253,7 +269,9 @@ pub fn check(
         .collect();
     // Packs are verified in parallel, one thread per core: decryption, decompression and
     // hashing are CPU-bound, and on object storage the downloads overlap.
-    let queue = parking_lot::Mutex::new(select_packs(&present, read, last_verified));
+    let chosen = select_packs(&present, read, last_verified);
+    progress.packs_total.store(chosen.len() as u64, Relaxed);
+    let queue = parking_lot::Mutex::new(chosen);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let partial: Vec<CheckReport> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -265,7 +283,12 @@ pub fn check(
                         let Some(pack_id) = queue.lock().pop() else {
                             break;
                         };
+                        let before = part.bytes_read;
                         verify_pack(repo, &pack_id, &mut part);
+                        progress.packs_done.fetch_add(1, Relaxed);
+                        progress
+                            .bytes_read
+                            .fetch_add(part.bytes_read - before, Relaxed);
                     }
                     part
                 })

@@ -22,6 +22,7 @@
 //! data below it, so the presence of a tree does not prove its subtree is complete.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use crossbeam_channel::bounded;
 
@@ -41,6 +42,19 @@ pub struct CopyOptions {
     pub writer: WriterOptions,
     /// Threads reading blobs from the source (each read is one range request on object storage).
     pub readers: usize,
+    /// Live counters for a progress display.
+    pub progress: Option<std::sync::Arc<CopyProgress>>,
+}
+
+/// Live counters of a copy, readable from another thread.
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    /// Snapshots to consider.
+    pub snapshots_total: std::sync::atomic::AtomicU64,
+    /// Snapshots copied or skipped so far.
+    pub snapshots_done: std::sync::atomic::AtomicU64,
+    /// Plaintext bytes of blobs transferred so far.
+    pub bytes_copied: std::sync::atomic::AtomicU64,
 }
 
 impl Default for CopyOptions {
@@ -48,6 +62,7 @@ impl Default for CopyOptions {
         CopyOptions {
             writer: WriterOptions::default(),
             readers: 4,
+            progress: None,
         }
     }
 }
@@ -112,14 +127,19 @@ pub fn copy_snapshots(
         .map(|e| snapshot_key(&e.snapshot))
         .collect();
     let mut stats = CopyStats::default();
+    let progress = options.progress.clone().unwrap_or_default();
+    progress
+        .snapshots_total
+        .store(snapshots.len() as u64, Ordering::Relaxed);
     for entry in snapshots {
         if !present.insert(snapshot_key(&entry.snapshot)) {
             stats.skipped.push(entry.id);
+            progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let missing = missing_blobs(source, destination, &entry.snapshot.tree, &mut stats)?;
         let writer = BlobWriter::new(destination, &options.writer);
-        let transfer = transfer(source, &writer, &missing, options.readers.max(1));
+        let transfer = transfer(source, &writer, &missing, options.readers.max(1), &progress);
         let (blobs, bytes) = match transfer {
             Ok(counts) => counts,
             Err(e) => {
@@ -139,6 +159,7 @@ pub fn copy_snapshots(
             source: entry.id,
             destination: id,
         });
+        progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
     }
     Ok(stats)
 }
@@ -276,6 +297,7 @@ fn transfer(
     writer: &BlobWriter,
     blobs: &[(BlobType, Id)],
     readers: usize,
+    progress: &CopyProgress,
 ) -> Result<(u64, u64)> {
     let runs = plan_runs(source, blobs)?;
     let (tx, rx) = bounded::<&Run>(readers * 2);
@@ -288,6 +310,9 @@ fn transfer(
                     for run in rx {
                         for (blob_type, id, data) in read_run(source, run)? {
                             bytes += data.len() as u64;
+                            progress
+                                .bytes_copied
+                                .fetch_add(data.len() as u64, Ordering::Relaxed);
                             if writer.add_with_id(blob_type, id, data)? {
                                 count += 1;
                             }

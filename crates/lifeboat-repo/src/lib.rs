@@ -52,7 +52,7 @@ pub mod tree;
 pub mod writer;
 
 pub use chunker::{Chunker, ChunkerParams};
-pub use copy::{CopyOptions, CopyStats, check_content_keys, copy_snapshots};
+pub use copy::{CopyOptions, CopyProgress, CopyStats, check_content_keys, copy_snapshots};
 pub use error::{Error, Result};
 pub use id::{Id, IdMap, IdSet};
 pub use keyfile::KdfParams;
