@@ -41,6 +41,18 @@ pub struct ConfigFile {
     /// Retention policy for `forget` without `--keep-*` flags.
     #[serde(default)]
     pub forget: ForgetSection,
+    /// Settings of `prune` (and `forget --prune`) that its flags leave unset.
+    #[serde(default)]
+    pub prune: PruneSection,
+}
+
+/// `[prune]`: the same forms as the flags, e.g. `max_unused = "5%"`, `grace = "1h"`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSection {
+    pub max_unused: Option<String>,
+    pub max_repack_size: Option<String>,
+    pub grace: Option<String>,
 }
 
 /// `[backup]`.

@@ -236,17 +236,18 @@ struct ForgetArgs {
 #[derive(Debug, clap::Args)]
 struct PruneArgs {
     /// Unused space to tolerate, as a percentage of the space in use (`5%`, `0%`) or
-    /// `unlimited`: partly used packs are repacked, most wasteful first, until no more is left.
-    #[arg(long, default_value = "5%", value_name = "PERCENT", value_parser = parse_max_unused)]
-    max_unused: f64,
+    /// `unlimited`: partly used packs are repacked, most wasteful first, until no more is left
+    /// [default: 5%, or `max_unused` in the config file's `[prune]`].
+    #[arg(long, value_name = "PERCENT", value_parser = parse_max_unused)]
+    max_unused: Option<f64>,
     /// Repack at most this many bytes of packs in one run (e.g. `500M`, `2G`).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_repack_size: Option<u64>,
     /// How long packs marked by this run stay before a later run deletes them (e.g. `1h`,
-    /// `30m`, `10s`; at least 10 s). Readers that loaded the index before the mark, such as a
-    /// long restore, must finish within it.
-    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_grace)]
-    grace: std::time::Duration,
+    /// `30m`, `10s`; at least 10 s). Readers that loaded the index before the sweep, such as a
+    /// long restore, must finish within it [default: 1h, or `grace` in `[prune]`].
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    grace: Option<std::time::Duration>,
     /// Report what would be deleted and repacked; change nothing.
     #[arg(short = 'n', long)]
     dry_run: bool,
@@ -682,6 +683,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             },
             "backup": file.backup,
             "forget": file.forget,
+            "prune": file.prune,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -707,8 +709,8 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Cat(args) => cat(global, &args),
         Command::Copy(args) => copy(global, &args),
         Command::Check(args) => check(global, &args),
-        Command::Forget(args) => forget(global, &args, &file.forget),
-        Command::Prune(args) => prune(global, &args),
+        Command::Forget(args) => forget(global, &args, &file.forget, &file.prune),
+        Command::Prune(args) => prune(global, &args, &file.prune),
         Command::Key(command) => key(global, &command),
         Command::Repair(RepairCommand::Index) => repair_index(global),
         Command::Repair(RepairCommand::Snapshots {
@@ -1332,6 +1334,7 @@ fn forget(
     global: &GlobalArgs,
     args: &ForgetArgs,
     defaults: &config::ForgetSection,
+    prune_defaults: &config::PruneSection,
 ) -> Result<ExitCode> {
     let mut policy = args.policy();
     if policy.is_empty() {
@@ -1400,12 +1403,12 @@ fn forget(
     }
     if args.prune {
         let prune_args = PruneArgs {
-            max_unused: 0.05,
+            max_unused: None,
             max_repack_size: None,
-            grace: lifeboat_repo::prune::DEFAULT_GRACE,
+            grace: None,
             dry_run: args.dry_run,
         };
-        return prune(global, &prune_args);
+        return prune(global, &prune_args, prune_defaults);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1438,12 +1441,37 @@ fn man_pages(dir: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn prune(global: &GlobalArgs, args: &PruneArgs) -> Result<ExitCode> {
+fn prune(
+    global: &GlobalArgs,
+    args: &PruneArgs,
+    defaults: &config::PruneSection,
+) -> Result<ExitCode> {
+    let max_unused = match (args.max_unused, &defaults.max_unused) {
+        (Some(value), _) => value,
+        (None, Some(text)) => {
+            parse_max_unused(text).map_err(|e| anyhow::anyhow!("[prune] max_unused: {e}"))?
+        }
+        (None, None) => 0.05,
+    };
+    let max_repack_bytes = match (args.max_repack_size, &defaults.max_repack_size) {
+        (Some(value), _) => Some(value),
+        (None, Some(text)) => {
+            Some(parse_size(text).map_err(|e| anyhow::anyhow!("[prune] max_repack_size: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    let grace = match (args.grace, &defaults.grace) {
+        (Some(value), _) => value,
+        (None, Some(text)) => {
+            parse_grace(text).map_err(|e| anyhow::anyhow!("[prune] grace: {e}"))?
+        }
+        (None, None) => lifeboat_repo::prune::DEFAULT_GRACE,
+    };
     let repo = open(global)?;
     let options = lifeboat_repo::prune::PruneOptions {
-        max_unused: args.max_unused,
-        max_repack_bytes: args.max_repack_size,
-        grace: args.grace,
+        max_unused,
+        max_repack_bytes,
+        grace,
         dry_run: args.dry_run,
         ..Default::default()
     };

@@ -120,6 +120,14 @@ fn prune_marks_first_and_deletes_one_grace_period_later() {
     env.run(&["prune", "--grace", "1s"])
         .failure()
         .stderr(predicates::str::contains("at least 10 s"));
+    // Settings the flags leave unset come from the config file's [prune] section.
+    let config = env.path("config-home/lifeboat/config.toml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(&config, "[prune]\ngrace = \"2s\"\n").unwrap();
+    env.run(&["prune", "--dry-run"])
+        .failure()
+        .stderr(predicates::str::contains("[prune] grace"));
+    fs::write(&config, "[prune]\ngrace = \"10s\"\nmax_unused = \"0%\"\n").unwrap();
     let dry = json_of(&env, &["prune", "--dry-run", "--grace", GRACE]);
     assert_eq!(dry["dry_run"], true);
     assert!(dry["mark"]["bytes_to_free"].as_u64().unwrap() > 0, "{dry}");
@@ -142,7 +150,7 @@ fn prune_marks_first_and_deletes_one_grace_period_later() {
     assert!(text.contains("deleted by a prune run after"), "{text}");
 
     std::thread::sleep(GRACE_WAIT);
-    let swept = json_of(&env, &["prune", "--grace", GRACE]);
+    let swept = json_of(&env, &["prune"]);
     assert_eq!(swept["swept"].as_array().unwrap().len(), 1, "{swept}");
     assert_eq!(swept["swept"][0]["bytes_freed"].as_u64().unwrap(), to_free);
     assert!(packs_in_storage(&env) < before);
@@ -156,11 +164,27 @@ fn prune_marks_first_and_deletes_one_grace_period_later() {
 /// again; afterwards every byte checks out and every snapshot left restores exactly.
 #[test]
 fn backups_from_several_hosts_run_safely_while_prune_runs_repeatedly() {
+    concurrent_backups_and_prunes(Env::new(), Duration::from_secs(35));
+}
+
+/// The same against the S3 server: a repository is usable from several hosts at once.
+#[test]
+fn backups_from_several_hosts_run_safely_while_prune_runs_on_s3() {
+    let Some(url) = s3_repository("prune-concurrency") else {
+        return;
+    };
+    let env = Env {
+        repository: Some(url),
+        ..Env::new()
+    };
+    concurrent_backups_and_prunes(env, Duration::from_secs(30));
+}
+
+fn concurrent_backups_and_prunes(env: Env, run_for: Duration) {
     const HOSTS: u64 = 3;
-    let env = Arc::new(Env::new());
+    let env = Arc::new(env);
     env.init();
     let sources = env.path("sources");
-    let run_for = Duration::from_secs(35);
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let backups_done = Arc::new(AtomicUsize::new(0));

@@ -11,12 +11,15 @@ use assert_cmd::cargo::CommandCargoExt;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// A repository URL to use instead of the local `repo` directory (an S3 one).
+    pub repository: Option<String>,
 }
 
 impl Env {
     pub fn new() -> Env {
         let env = Env {
             dir: tempfile::tempdir().unwrap(),
+            repository: None,
         };
         fs::write(env.password_file(), "a long test password\n").unwrap();
         env
@@ -36,13 +39,18 @@ impl Env {
 
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::cargo_bin("lifeboat").unwrap();
-        cmd.env("LIFEBOAT_REPOSITORY", self.repo())
-            .env("LIFEBOAT_PASSWORD_FILE", self.password_file())
-            .env_remove("LIFEBOAT_PASSWORD_COMMAND")
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env("XDG_CONFIG_HOME", self.path("config-home"))
-            .env_remove("LIFEBOAT_CONFIG")
-            .stdin(Stdio::null());
+        cmd.env(
+            "LIFEBOAT_REPOSITORY",
+            self.repository
+                .clone()
+                .unwrap_or_else(|| text_of(&self.repo())),
+        )
+        .env("LIFEBOAT_PASSWORD_FILE", self.password_file())
+        .env_remove("LIFEBOAT_PASSWORD_COMMAND")
+        .env("XDG_CACHE_HOME", self.path("cache"))
+        .env("XDG_CONFIG_HOME", self.path("config-home"))
+        .env_remove("LIFEBOAT_CONFIG")
+        .stdin(Stdio::null());
         cmd
     }
 
@@ -125,4 +133,23 @@ pub fn same_files(a: &Path, b: &Path) {
         "trees differ: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A fresh S3 repository URL on the test server, or `None` (with a line saying so) when
+/// `.ci/run` did not start one.
+pub fn s3_repository(test: &str) -> Option<String> {
+    let Ok(endpoint) = std::env::var("LIFEBOAT_TEST_S3_ENDPOINT") else {
+        println!("SKIPPED {test}: LIFEBOAT_TEST_S3_ENDPOINT is not set (.ci/run sets it)");
+        return None;
+    };
+    let bucket =
+        std::env::var("LIFEBOAT_TEST_S3_BUCKET").unwrap_or_else(|_| "lifeboat-test".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Some(format!(
+        "s3:{endpoint}/{bucket}/cli-{test}-{}-{nanos}",
+        std::process::id()
+    ))
 }
