@@ -34,7 +34,7 @@ use opendal::raw::Operation;
 use opendal::{ErrorKind, Operator, blocking, services};
 
 mod location;
-pub use location::{Location, S3Location};
+pub use location::{AzureLocation, Location, S3Location};
 
 /// What went wrong talking to storage, and on which object.
 #[derive(Debug, thiserror::Error)]
@@ -323,7 +323,46 @@ impl Storage {
             Location::Local(path) if create => Self::local_create(Path::new(&path)),
             Location::Local(path) => Self::local(Path::new(&path)),
             Location::S3(s3) => Self::s3(location, &s3, network),
+            Location::Azure(azure) => Self::azure(location, &azure, network),
         }
+    }
+
+    /// Opens an Azure Blob container. The account comes from the URL or `AZURE_STORAGE_ACCOUNT`,
+    /// its key from `AZURE_STORAGE_KEY` (or a SAS token from `AZURE_STORAGE_SAS_TOKEN`).
+    pub fn azure(location: &str, azure: &AzureLocation, network: &NetworkOptions) -> Result<Self> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let account = azure
+            .account
+            .clone()
+            .or_else(|| env("AZURE_STORAGE_ACCOUNT"))
+            .ok_or_else(|| StorageError::Config {
+                location: location.to_string(),
+                reason: "no storage account: set AZURE_STORAGE_ACCOUNT, or give the endpoint \
+                         in the URL (azure:https://host/account/container/prefix)"
+                    .to_string(),
+            })?;
+        let endpoint = azure
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+        let mut builder = services::Azblob::default()
+            .container(&azure.container)
+            .root(&azure.root())
+            .endpoint(&endpoint)
+            .account_name(&account);
+        match (env("AZURE_STORAGE_KEY"), env("AZURE_STORAGE_SAS_TOKEN")) {
+            (Some(key), _) => builder = builder.account_key(&key),
+            (None, Some(sas)) => builder = builder.sas_token(&sas),
+            (None, None) => {
+                return Err(StorageError::Config {
+                    location: location.to_string(),
+                    reason: "no credentials: set AZURE_STORAGE_KEY (or AZURE_STORAGE_SAS_TOKEN)"
+                        .to_string(),
+                });
+            }
+        }
+        opendal::install_default();
+        Self::build(builder, location.to_string(), None, Some(network))
     }
 
     /// Opens an S3 bucket (AWS or S3-compatible). Credentials come from the usual AWS sources:

@@ -6,10 +6,11 @@
 //! | `s3:https://host:port/bucket/prefix` | S3-compatible server, path-style addressing |
 //! | `s3:http://127.0.0.1:9000/bucket` | the same without TLS (loopback, tests) |
 //! | `s3:bucket/prefix` | AWS S3; region from `AWS_REGION`/`AWS_DEFAULT_REGION` (or an endpoint from `AWS_ENDPOINT_URL`) |
+//! | `azure:container/prefix` | Azure Blob Storage; account from `AZURE_STORAGE_ACCOUNT` (endpoint `https://ACCOUNT.blob.core.windows.net`) |
+//! | `azure:https://host:port/account/container/prefix` | an Azure-compatible endpoint (Azurite, sovereign clouds) |
 //! | `memory:` | in-process memory, for tests |
 //!
-//! `gs:` and `azure:` are reserved for Google Cloud Storage and Azure Blob and refused by this
-//! build with a message saying so.
+//! `gs:` is reserved for Google Cloud Storage and refused by this build with a message saying so.
 
 use crate::StorageError;
 
@@ -20,6 +21,8 @@ pub enum Location {
     Local(String),
     /// An S3 bucket (AWS or S3-compatible).
     S3(S3Location),
+    /// An Azure Blob Storage container.
+    Azure(AzureLocation),
     /// In-process memory (tests).
     Memory,
 }
@@ -34,6 +37,31 @@ pub struct S3Location {
     pub bucket: String,
     /// Key prefix inside the bucket, without leading or trailing `/` (empty: the bucket root).
     pub prefix: String,
+}
+
+/// Where an Azure Blob repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureLocation {
+    /// `scheme://host[:port]/account` for a non-default endpoint, or `None` for
+    /// `https://ACCOUNT.blob.core.windows.net` with the account from the environment.
+    pub endpoint: Option<String>,
+    /// Storage account named in the URL (with an endpoint), else from `AZURE_STORAGE_ACCOUNT`.
+    pub account: Option<String>,
+    /// Container name.
+    pub container: String,
+    /// Blob name prefix, without leading or trailing `/`.
+    pub prefix: String,
+}
+
+impl AzureLocation {
+    /// The root OpenDAL expects: `/prefix/` (or `/`).
+    pub fn root(&self) -> String {
+        if self.prefix.is_empty() {
+            "/".to_string()
+        } else {
+            format!("/{}/", self.prefix)
+        }
+    }
 }
 
 impl S3Location {
@@ -125,16 +153,16 @@ impl Location {
                 prefix,
             }));
         }
-        for (scheme, name) in [
-            ("gs:", "Google Cloud Storage"),
-            ("azure:", "Azure Blob Storage"),
-        ] {
-            if location.starts_with(scheme) {
-                return Err(config_error(
-                    location,
-                    format!("{name} is not supported by this build yet; use s3: or a local path"),
-                ));
-            }
+        if let Some(rest) = location.strip_prefix("azure:") {
+            return parse_azure(location, rest.trim_start_matches("//"));
+        }
+        if location.starts_with("gs:") {
+            return Err(config_error(
+                location,
+                "Google Cloud Storage is not supported by this build yet; use its S3-compatible \
+                 XML API (s3:https://storage.googleapis.com/bucket/prefix with HMAC keys), \
+                 azure:, s3: or a local path",
+            ));
         }
         let path = location.strip_prefix("local:").unwrap_or(location);
         if path.contains("://") {
@@ -148,6 +176,46 @@ impl Location {
         }
         Ok(Location::Local(path.to_string()))
     }
+}
+
+fn parse_azure(location: &str, rest: &str) -> Result<Location, StorageError> {
+    let mut endpoint = None;
+    let mut account = None;
+    let mut path = rest;
+    for scheme in ["https://", "http://"] {
+        if let Some(after) = rest.strip_prefix(scheme) {
+            let (host, after_host) = after.split_once('/').unwrap_or((after, ""));
+            let (name, after_account) = after_host.split_once('/').unwrap_or((after_host, ""));
+            if host.is_empty() || name.is_empty() || host.contains(['?', '#', '@']) {
+                return Err(config_error(
+                    location,
+                    "use azure:https://host:port/account/container/prefix; give the key in \
+                     AZURE_STORAGE_KEY",
+                ));
+            }
+            endpoint = Some(format!("{scheme}{host}/{name}"));
+            account = Some(name.to_string());
+            path = after_account;
+        }
+    }
+    if endpoint.is_none() && rest.contains("://") {
+        return Err(config_error(
+            location,
+            "only http:// and https:// endpoints are supported",
+        ));
+    }
+    let (container, prefix) = bucket_and_prefix(location, path).map_err(|_| {
+        config_error(
+            location,
+            "give a container: azure:container/prefix (lowercase letters, digits, '-')",
+        )
+    })?;
+    Ok(Location::Azure(AzureLocation {
+        endpoint,
+        account,
+        container,
+        prefix,
+    }))
 }
 
 #[cfg(test)]
@@ -189,6 +257,24 @@ mod tests {
             Location::Local("rel/dir".to_string())
         );
         assert_eq!(Location::parse("memory:").unwrap(), Location::Memory);
+        assert_eq!(
+            Location::parse("azure:backups/host1/").unwrap(),
+            Location::Azure(AzureLocation {
+                endpoint: None,
+                account: None,
+                container: "backups".into(),
+                prefix: "host1".into(),
+            })
+        );
+        assert_eq!(
+            Location::parse("azure:http://127.0.0.1:10000/devstoreaccount1/c/x/y").unwrap(),
+            Location::Azure(AzureLocation {
+                endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
+                account: Some("devstoreaccount1".into()),
+                container: "c".into(),
+                prefix: "x/y".into(),
+            })
+        );
         let root = |l: Location| match l {
             Location::S3(s) => s.root(),
             _ => unreachable!(),
@@ -208,7 +294,11 @@ mod tests {
             "s3:Upper/x",
             "s3:b/../x",
             "gs:bucket/x",
-            "azure:container/x",
+            "azure:",
+            "azure:https://host:10000/",
+            "azure:https://host/account",
+            "azure:ftp://host/a/c",
+            "azure:Upper/x",
             "https://host/b",
             "",
         ] {
