@@ -1,0 +1,238 @@
+//! The WAL archive: one stream object per WAL file, in the stream of its cluster.
+//!
+//! A cluster's stream is `pg-<system identifier>`: every cluster made by `initdb` has its own
+//! identifier, restored copies and standbys keep it, and a new timeline after a point-in-time
+//! recovery writes new names (the timeline is part of each name). So one stream holds a
+//! cluster's whole history and two clusters never mix. Objects are sealed, compressed and bound
+//! to their name by the repository (see `Repository::put_stream_object`), so the storage
+//! provider cannot swap, reorder or edit segments unnoticed.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lifeboat_repo::Repository;
+use lifeboat_storage::StorageError;
+
+use crate::error::{Error, Result};
+use crate::wal::WalFile;
+
+/// Prefix of the streams this crate writes.
+pub const STREAM_PREFIX: &str = "pg-";
+
+/// The stream that holds the WAL archive of the cluster with this system identifier.
+pub fn stream_for(system_identifier: u64) -> String {
+    format!("{STREAM_PREFIX}{system_identifier}")
+}
+
+/// The system identifier of a stream name, if it is one of ours.
+pub fn system_identifier_of(stream: &str) -> Option<u64> {
+    stream.strip_prefix(STREAM_PREFIX)?.parse().ok()
+}
+
+/// Reads the system identifier from `global/pg_control` of a data directory.
+///
+/// It is the first field of the control file (a native-endian 64-bit integer) in every
+/// PostgreSQL version, so no connection is needed: `archive_command` runs in the data
+/// directory and can name its stream without asking the server.
+pub fn read_system_identifier(data_dir: &Path) -> Result<u64> {
+    let path = data_dir.join("global").join("pg_control");
+    let bytes = std::fs::read(&path).map_err(|e| Error::io("read control file", &path, e))?;
+    let first: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            Error::Unusable(format!(
+                "{} is too short to be a control file",
+                path.display()
+            ))
+        })?;
+    Ok(u64::from_ne_bytes(first))
+}
+
+/// What `push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file is now stored.
+    Stored,
+    /// The same bytes were archived before (PostgreSQL retries a file after a crash).
+    AlreadyArchived,
+}
+
+/// The WAL file name of a path, checked.
+pub fn wal_name(path: &Path) -> Result<(String, WalFile)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::NotWalFile {
+            name: path.display().to_string(),
+        })?;
+    let file = WalFile::parse(name).ok_or_else(|| Error::NotWalFile {
+        name: name.to_string(),
+    })?;
+    Ok((name.to_string(), file))
+}
+
+/// Archives the WAL file at `path` into `stream`. Returns once the object is durably stored
+/// (or was already stored with the same bytes); a different object under the same name is an
+/// error, never replaced.
+pub fn push(repo: &Repository, stream: &str, path: &Path) -> Result<PushOutcome> {
+    let (name, _) = wal_name(path)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read WAL file", path, e))?;
+    push_bytes(repo, stream, &name, &bytes)
+}
+
+/// Archives `bytes` as WAL file `name` (see [`push`]).
+pub fn push_bytes(
+    repo: &Repository,
+    stream: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PushOutcome> {
+    if WalFile::parse(name).is_none() {
+        return Err(Error::NotWalFile {
+            name: name.to_string(),
+        });
+    }
+    match repo.put_stream_object(stream, name, bytes) {
+        Ok(()) => Ok(PushOutcome::Stored),
+        Err(lifeboat_repo::Error::Storage(StorageError::AlreadyExists { .. })) => {
+            let existing = repo.get_stream_object(stream, name)?;
+            if existing == bytes {
+                Ok(PushOutcome::AlreadyArchived)
+            } else {
+                Err(Error::ArchivedDiffers {
+                    stream: stream.to_string(),
+                    name: name.to_string(),
+                })
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `get` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetOutcome {
+    /// The file was written.
+    Restored,
+    /// The archive has no such file (PostgreSQL asks for files that may not exist, such as
+    /// the next timeline's history file, and treats this as the end of the archive).
+    Missing,
+}
+
+/// Fetches WAL file `name` of `stream`, authenticates it and writes it to `dest` atomically
+/// (a temporary file beside it, fsync, rename, fsync of the directory).
+pub fn get(repo: &Repository, stream: &str, name: &str, dest: &Path) -> Result<GetOutcome> {
+    if WalFile::parse(name).is_none() {
+        return Err(Error::NotWalFile {
+            name: name.to_string(),
+        });
+    }
+    let bytes = match repo.get_stream_object(stream, name) {
+        Ok(bytes) => bytes,
+        Err(lifeboat_repo::Error::Storage(e)) if e.is_not_found() => {
+            return Ok(GetOutcome::Missing);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    write_atomically(dest, &bytes)?;
+    Ok(GetOutcome::Restored)
+}
+
+/// Writes `bytes` to `dest` so that a crash leaves either the old state or the whole file.
+pub fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let mut temp = dest.as_os_str().to_owned();
+    temp.push(".lifeboat-tmp");
+    let temp = PathBuf::from(temp);
+    let mut file = File::create(&temp).map_err(|e| Error::io("create", &temp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("write", &temp, e))?;
+    drop(file);
+    std::fs::rename(&temp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))?;
+    Ok(())
+}
+
+/// The archived WAL files of `stream`, parsed and sorted (names that are not WAL files are
+/// skipped).
+pub fn list(repo: &Repository, stream: &str) -> Result<Vec<(String, WalFile)>> {
+    Ok(repo
+        .list_stream_objects(stream)?
+        .into_iter()
+        .filter_map(|name| WalFile::parse(&name).map(|file| (name, file)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use lifeboat_repo::{InitOptions, KdfParams};
+    use lifeboat_storage::Storage;
+
+    use super::*;
+
+    fn repo() -> Repository {
+        let options = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            ..Default::default()
+        };
+        Repository::init(Storage::memory().unwrap(), b"pw", &options).unwrap()
+    }
+
+    #[test]
+    fn push_is_idempotent_for_the_same_bytes_and_refuses_others() {
+        let repo = repo();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000010000000000000001");
+        std::fs::write(&path, b"segment one").unwrap();
+        assert_eq!(push(&repo, "pg-1", &path).unwrap(), PushOutcome::Stored);
+        assert_eq!(
+            push(&repo, "pg-1", &path).unwrap(),
+            PushOutcome::AlreadyArchived
+        );
+        std::fs::write(&path, b"something else").unwrap();
+        let err = push(&repo, "pg-1", &path).unwrap_err();
+        assert!(matches!(err, Error::ArchivedDiffers { .. }), "{err}");
+
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert_eq!(
+            get(&repo, "pg-1", "000000010000000000000001", &dest).unwrap(),
+            GetOutcome::Restored
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), b"segment one");
+        assert_eq!(
+            get(&repo, "pg-1", "00000002.history", &dest).unwrap(),
+            GetOutcome::Missing
+        );
+        assert_eq!(list(&repo, "pg-1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn push_refuses_names_that_are_not_wal_files() {
+        let repo = repo();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postgresql.conf");
+        std::fs::write(&path, b"x").unwrap();
+        assert!(matches!(
+            push(&repo, "pg-1", &path),
+            Err(Error::NotWalFile { .. })
+        ));
+    }
+
+    #[test]
+    fn streams_name_the_cluster() {
+        assert_eq!(
+            stream_for(7_312_345_678_901_234_567),
+            "pg-7312345678901234567"
+        );
+        assert_eq!(system_identifier_of("pg-42"), Some(42));
+        assert_eq!(system_identifier_of("sqlite-42"), None);
+    }
+}

@@ -1,0 +1,33 @@
+//! PostgreSQL point-in-time recovery on a Lifeboat repository.
+//!
+//! * [`archive`]: `archive_command` / `restore_command` — each WAL file is one sealed stream
+//!   object in the cluster's stream `pg-<system identifier>`, stored create-only.
+//! * [`backup`]: base backups of a running cluster through `pg_backup_start`/`pg_backup_stop`,
+//!   stored as ordinary deduplicated snapshots with the backup label in `source_state`.
+//! * [`restore`]: the newest base backup before a target, plus recovery settings that make
+//!   PostgreSQL replay archived WAL to exactly that target.
+//! * [`check`]: gaps in the WAL chain and the archive's figures.
+//!
+//! # Invariants
+//!
+//! * `archive::push` returns only once the WAL file is durably stored; an archived file is
+//!   never replaced (the same bytes again succeed, other bytes fail).
+//! * A base backup is usable only once `pg_backup_stop` has returned (having waited for the
+//!   WAL it needs to be archived): until then its snapshot says `complete: false`.
+//! * Restore never writes into a non-empty directory unless asked (`delta`).
+//!
+//! The user-facing description is `docs/postgres.md`.
+
+pub mod archive;
+pub mod backup;
+pub mod check;
+mod error;
+pub mod restore;
+pub mod session;
+pub mod wal;
+
+pub use backup::{BackupState, BaseBackupOptions, BaseBackupOutcome, base_backup};
+pub use error::{Error, Result};
+pub use restore::{PgRestoreOptions, PgRestoreOutcome, RecoveryTarget};
+pub use session::{ConnectOptions, Session};
+pub use wal::{Lsn, WalFile};
