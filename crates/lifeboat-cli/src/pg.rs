@@ -50,6 +50,14 @@ pub struct ArchivePushArgs {
     pgdata: Option<PathBuf>,
     #[command(flatten)]
     stream: StreamArgs,
+    /// Push ahead: also archive up to --ahead other segments PostgreSQL has marked ready, and
+    /// keep a marker for each in this directory, so that PostgreSQL's calls for them answer
+    /// at once without opening the repository (which costs a key derivation).
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// How many ready segments one call pushes ahead (with --spool).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    ahead: usize,
 }
 
 #[derive(Args)]
@@ -185,10 +193,28 @@ fn repository_stream(repo: &lifeboat_repo::Repository, stream: &StreamArgs) -> R
 fn archive_push(global: &GlobalArgs, args: &ArchivePushArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let stream = local_stream(&args.stream, args.pgdata.as_deref())?;
+    if let Some(spool) = &args.spool
+        && archive::ahead::already_pushed(spool, &stream, &args.path)?
+    {
+        tracing::info!(path = %args.path.display(), "archived ahead by an earlier call");
+        return Ok(ExitCode::SUCCESS);
+    }
     let repo = crate::open(global)?;
     let opened = started.elapsed();
     let outcome = archive::push(&repo, &stream, &args.path)
         .with_context(|| format!("cannot archive {}", args.path.display()))?;
+    if let Some(spool) = &args.spool {
+        let (name, _) = archive::wal_name(&args.path)?;
+        let wal_dir = match args.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        let pushed = archive::ahead::push_ready(
+            &repo, &stream, &wal_dir, spool, &name, args.ahead, threads,
+        )?;
+        tracing::info!(pushed, "pushed ahead");
+    }
     tracing::info!(
         path = %args.path.display(),
         ?outcome,

@@ -171,8 +171,9 @@ impl World {
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
-    /// initdb a cluster that archives through lifeboat, and start it.
-    fn cluster(&self, name: &str) -> Cluster {
+    /// initdb a cluster that archives through lifeboat (pushing ahead through a spool
+    /// directory if `spool`), and start it.
+    fn cluster(&self, name: &str, spool: bool) -> Cluster {
         let data = self.path(name);
         let out = unprivileged(&self.bin.join("initdb"))
             .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
@@ -181,8 +182,13 @@ impl World {
             .output()
             .unwrap();
         check(out, "initdb");
+        let spool = if spool {
+            format!("--spool {} ", self.path("spool").display())
+        } else {
+            String::new()
+        };
         let archive_command = format!(
-            "{} {} pg archive-push %p",
+            "{} {} pg archive-push {spool}%p",
             self.lifeboat.display(),
             self.repo_args().join(" ")
         );
@@ -336,7 +342,7 @@ fn server_time(cluster: &Cluster) -> String {
 #[test]
 fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
     let Some(world) = World::new() else { return };
-    let primary = world.cluster("primary");
+    let primary = world.cluster("primary", false);
     primary.psql(SCHEMA);
     let pgbench = world.bin.join("pgbench");
     if pgbench.is_file() {
@@ -482,7 +488,7 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
 #[test]
 fn archiving_survives_an_unreachable_repository_and_check_names_a_missing_segment() {
     let Some(world) = World::new() else { return };
-    let primary = world.cluster("primary");
+    let primary = world.cluster("primary", true);
     primary.psql(SCHEMA);
     insert_rows(&primary, 0..5);
     primary.switch_and_wait();
@@ -501,6 +507,11 @@ fn archiving_survives_an_unreachable_repository_and_check_names_a_missing_segmen
     fs::rename(world.path("repo-away"), world.path("repo")).unwrap();
     primary.wait_archived(&pending);
     insert_rows(&primary, 10..15);
+    // Several segments at once: the spool pushes ready ones ahead of PostgreSQL's calls.
+    for _ in 0..4 {
+        insert_rows(&primary, 100..101);
+        primary.psql("SELECT pg_switch_wal(); DELETE FROM rows WHERE id = 100;");
+    }
     let last = primary.switch_and_wait();
     let report = check(world.lifeboat(&["pg", "check"]), "pg check");
     assert!(!report.contains("GAP"), "{report}");

@@ -236,3 +236,142 @@ mod tests {
         assert_eq!(system_identifier_of("sqlite-42"), None);
     }
 }
+
+/// Pushing ahead: one `archive-push` that has paid for opening the repository also archives
+/// the other segments PostgreSQL has marked ready, and leaves a marker for each in a local
+/// spool directory. When PostgreSQL then calls `archive-push` for one of them, the marker
+/// (the BLAKE3 hash of the bytes that were stored) answers without opening the repository.
+/// A marker is written only after its object is durably stored, and it is consumed (removed)
+/// when PostgreSQL asks, so the spool holds at most a few markers.
+pub mod ahead {
+    use std::path::{Path, PathBuf};
+
+    use lifeboat_repo::Repository;
+
+    use super::{PushOutcome, push_bytes, wal_name, write_atomically};
+    use crate::error::{Error, Result};
+
+    fn marker(spool: &Path, stream: &str, name: &str) -> PathBuf {
+        spool.join(stream).join(format!("{name}.archived"))
+    }
+
+    /// If `path` was pushed ahead with exactly these bytes, consumes the marker and returns
+    /// true.
+    pub fn already_pushed(spool: &Path, stream: &str, path: &Path) -> Result<bool> {
+        let (name, _) = wal_name(path)?;
+        let marker = marker(spool, stream, &name);
+        let Ok(recorded) = std::fs::read_to_string(&marker) else {
+            return Ok(false);
+        };
+        let bytes = std::fs::read(path).map_err(|e| Error::io("read WAL file", path, e))?;
+        if recorded.trim() != blake3::hash(&bytes).to_hex().as_str() {
+            // Other bytes than were stored: let the full path compare with the archive.
+            return Ok(false);
+        }
+        let _ = std::fs::remove_file(&marker);
+        Ok(true)
+    }
+
+    /// Archives up to `max` segments that PostgreSQL marked ready in `wal_dir/archive_status`
+    /// (oldest first, skipping `current` and those already marked), `threads` at a time.
+    /// Returns how many were stored; failures are left for PostgreSQL's own calls.
+    pub fn push_ready(
+        repo: &Repository,
+        stream: &str,
+        wal_dir: &Path,
+        spool: &Path,
+        current: &str,
+        max: usize,
+        threads: usize,
+    ) -> Result<usize> {
+        let dir = spool.join(stream);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create spool directory", &dir, e))?;
+        let status = wal_dir.join("archive_status");
+        let Ok(entries) = std::fs::read_dir(&status) else {
+            return Ok(0);
+        };
+        let mut ready: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".ready").map(str::to_string))
+            .filter(|n| n != current && crate::wal::WalFile::parse(n).is_some())
+            .filter(|n| !marker(spool, stream, n).exists())
+            .collect();
+        ready.sort();
+        ready.truncate(max);
+        // Workers pop from the end: put the oldest there.
+        ready.reverse();
+        let queue = std::sync::Mutex::new(ready);
+        let stored = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.max(1) {
+                scope.spawn(|| {
+                    // The guard is dropped inside `and_then`, before the upload.
+                    while let Some(name) = queue.lock().ok().and_then(|mut q| q.pop()) {
+                        let path = wal_dir.join(&name);
+                        let Ok(bytes) = std::fs::read(&path) else {
+                            continue;
+                        };
+                        match push_bytes(repo, stream, &name, &bytes) {
+                            Ok(PushOutcome::Stored | PushOutcome::AlreadyArchived) => {
+                                let hash = blake3::hash(&bytes).to_hex();
+                                if write_atomically(&marker(spool, stream, &name), hash.as_bytes())
+                                    .is_ok()
+                                {
+                                    stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Ok(stored.into_inner())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ready_segments_are_pushed_ahead_and_answered_from_markers() {
+            let options = lifeboat_repo::InitOptions {
+                kdf: lifeboat_repo::KdfParams::insecure_for_tests(),
+                ..Default::default()
+            };
+            let repo = Repository::init(
+                lifeboat_storage::Storage::memory().unwrap(),
+                b"pw",
+                &options,
+            )
+            .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let wal = dir.path().join("pg_wal");
+            std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+            for n in 1..=4 {
+                let name = format!("00000001000000000000000{n}");
+                std::fs::write(wal.join(&name), format!("segment {n}")).unwrap();
+                std::fs::write(wal.join("archive_status").join(format!("{name}.ready")), "")
+                    .unwrap();
+            }
+            let spool = dir.path().join("spool");
+            let current = "000000010000000000000001";
+            let pushed = push_ready(&repo, "pg-1", &wal, &spool, current, 2, 2).unwrap();
+            assert_eq!(pushed, 2);
+            // The two oldest after the current one, stored for real.
+            assert_eq!(
+                repo.list_stream_objects("pg-1").unwrap(),
+                ["000000010000000000000002", "000000010000000000000003"]
+            );
+            let second = wal.join("000000010000000000000002");
+            assert!(already_pushed(&spool, "pg-1", &second).unwrap());
+            // Consumed: a second call goes the full way.
+            assert!(!already_pushed(&spool, "pg-1", &second).unwrap());
+            // Different bytes than were stored are not answered from the marker.
+            let third = wal.join("000000010000000000000003");
+            std::fs::write(&third, "changed").unwrap();
+            assert!(!already_pushed(&spool, "pg-1", &third).unwrap());
+            assert!(!already_pushed(&spool, "pg-1", &wal.join(current)).unwrap());
+        }
+    }
+}

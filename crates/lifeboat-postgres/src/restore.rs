@@ -339,7 +339,7 @@ mod tests {
         );
         assert!(first.contains("recovery_target_action = 'promote'\n"));
         let second = with_recovery_settings(&first, &options(RecoveryTarget::Latest));
-        assert!(!second.contains("recovery_target_time"));
+        assert!(!second.contains("recovery_target_time ="));
         assert_eq!(second.matches(BLOCK_BEGIN).count(), 1);
         assert!(second.starts_with("port = 5433\n"));
     }
