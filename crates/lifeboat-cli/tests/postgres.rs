@@ -590,3 +590,96 @@ fn archiving_survives_an_unreachable_repository_and_check_names_a_missing_segmen
     );
     assert!(report.contains(&last), "{report}");
 }
+
+#[test]
+fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
+    let Some(world) = World::new() else { return };
+    let primary = world.cluster("primary", false);
+    primary.psql(SCHEMA);
+    insert_rows(&primary, 0..10);
+    world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
+    primary.switch_and_wait();
+
+    // A warm standby fed from the archive only.
+    let standby_dir = world.path("standby");
+    world.lifeboat_json(&[
+        "pg",
+        "restore",
+        "--standby",
+        "--to",
+        &standby_dir.display().to_string(),
+    ]);
+    assert!(standby_dir.join("standby.signal").exists());
+    let standby = Cluster {
+        world_dir: world.dir.path().to_path_buf(),
+        bin: world.bin.clone(),
+        data: standby_dir,
+        port: 0,
+    }
+    .start_on(free_port());
+    let count = |cluster: &Cluster| -> Option<i64> {
+        let out = cluster.psql_out("SELECT count(*) FROM rows;");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .flatten()
+    };
+    wait_until("the standby to replay the first rows", || {
+        count(&standby) == Some(10)
+    });
+    insert_rows(&primary, 10..20);
+    primary.switch_and_wait();
+    wait_until("the standby to replay newly archived WAL", || {
+        count(&standby) == Some(20)
+    });
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery();"), "t");
+
+    // Fail over: the standby is promoted to a new timeline and archives into the same stream.
+    primary.stop();
+    let out = unprivileged(&world.bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(&standby.data)
+        .args(["-w", "promote"])
+        .output()
+        .unwrap();
+    check(out, "pg_ctl promote");
+    wait_until("the promotion", || {
+        standby
+            .psql_out("SELECT pg_is_in_recovery();")
+            .stdout
+            .starts_with(b"f")
+    });
+    insert_rows(&standby, 20..25);
+    let backup = world.lifeboat_json(&["pg", "backup", "--connect", &standby.conninfo()]);
+    assert_eq!(backup["timeline"], 2, "{backup}");
+    insert_rows(&standby, 25..30);
+    standby.switch_and_wait();
+    let report = check(world.lifeboat(&["pg", "check"]), "pg check");
+    assert!(!report.contains("GAP"), "{report}");
+
+    // The latest restore starts from the new timeline's backup and replays it.
+    let again = world.path("again");
+    let restored = world.lifeboat_json(&[
+        "pg",
+        "restore",
+        "--latest",
+        "--archive-off",
+        "--to",
+        &again.display().to_string(),
+    ]);
+    assert_eq!(restored["backup"], backup["snapshot"]);
+    let again = Cluster {
+        world_dir: world.dir.path().to_path_buf(),
+        bin: world.bin.clone(),
+        data: again,
+        port: 0,
+    }
+    .start_on(free_port());
+    wait_until("the restored cluster to promote", || {
+        again
+            .psql_out("SELECT pg_is_in_recovery();")
+            .stdout
+            .starts_with(b"f")
+    });
+    assert_eq!(count(&again), Some(30));
+}

@@ -108,7 +108,12 @@ pub fn choose_backup(
             RecoveryTarget::Time(t) => s.stop_time.is_some_and(|stop| stop <= t),
             RecoveryTarget::Lsn(l) => s.stop_lsn.is_some_and(|stop| stop <= l),
         })
-        .max_by_key(|(_, _, s)| (s.stop_lsn, s.stop_time));
+        // Latest: the newest timeline first (recovery follows the newest timeline, and a
+        // promoted copy's backups may sit at lower positions than its old primary's last WAL).
+        .max_by_key(|(_, _, s)| match target {
+            RecoveryTarget::Latest => (s.timeline, s.stop_lsn, s.stop_time),
+            _ => (0, s.stop_lsn, s.stop_time),
+        });
     match eligible {
         Some((id, _, state)) => Ok((*id, state.clone())),
         None => {
