@@ -71,6 +71,13 @@ pub struct ArchiveGetArgs {
     pgdata: Option<PathBuf>,
     #[command(flatten)]
     stream: StreamArgs,
+    /// Prefetch: also fetch the next --ahead segments into this directory, in parallel, so
+    /// that PostgreSQL's next calls answer without opening the repository.
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// How many segments one call fetches ahead (with --spool).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    ahead: usize,
 }
 
 #[derive(Args)]
@@ -131,6 +138,10 @@ pub struct PgRestoreArgs {
     /// Turn WAL archiving off in the restored cluster (restore tests, copies).
     #[arg(long)]
     archive_off: bool,
+    /// restore_command prefetches this many segments ahead into pg_wal/lifeboat-prefetch
+    /// (0: fetch one at a time).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    prefetch: usize,
     #[command(flatten)]
     stream: StreamArgs,
 }
@@ -239,13 +250,38 @@ fn archive_push(global: &GlobalArgs, args: &ArchivePushArgs) -> Result<ExitCode>
 
 fn archive_get(global: &GlobalArgs, args: &ArchiveGetArgs) -> Result<ExitCode> {
     let stream = local_stream(&args.stream, args.pgdata.as_deref())?;
+    if let Some(spool) = &args.spool
+        && archive::prefetch::take(spool, &stream, &args.name, &args.dest)?
+    {
+        return Ok(ExitCode::SUCCESS);
+    }
     let repo = crate::open(global)?;
     match archive::get(&repo, &stream, &args.name, &args.dest)
         .with_context(|| format!("cannot fetch {}", args.name))?
     {
-        GetOutcome::Restored => Ok(ExitCode::SUCCESS),
+        GetOutcome::Restored => {
+            if let Some(spool) = &args.spool {
+                let size = std::fs::metadata(&args.dest).map_or(0, |m| m.len());
+                let threads =
+                    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+                let fetched = archive::prefetch::fetch_ahead(
+                    &repo, &stream, &args.name, size, spool, args.ahead, threads,
+                )?;
+                tracing::info!(fetched, "prefetched");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         // PostgreSQL asks for files that may not exist; a missing one ends the archive.
-        GetOutcome::Missing => Ok(ExitCode::FAILURE),
+        GetOutcome::Missing => {
+            // A missing segment is the end of replay on this timeline (history files are
+            // probed at any time): what is still spooled will not be asked for.
+            if let Some(spool) = &args.spool
+                && lifeboat_postgres::WalFile::parse(&args.name).is_some_and(|f| f.is_segment())
+            {
+                let _ = std::fs::remove_dir_all(spool.join(&stream));
+            }
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 
@@ -327,7 +363,11 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// The restore_command that points back at this binary, repository and password source.
-fn restore_command(global: &GlobalArgs, stream: &str) -> Result<String> {
+fn restore_command(
+    global: &GlobalArgs,
+    stream: &str,
+    prefetch: Option<(&Path, usize)>,
+) -> Result<String> {
     let exe = std::env::current_exe().context("cannot find the lifeboat binary's path")?;
     let location = crate::location(global)?;
     // A local path must not depend on the directory PostgreSQL runs the command in.
@@ -361,6 +401,14 @@ fn restore_command(global: &GlobalArgs, stream: &str) -> Result<String> {
             .into_iter()
             .map(String::from),
     );
+    if let Some((spool, ahead)) = prefetch {
+        words.extend([
+            "--spool".to_string(),
+            spool.to_string_lossy().into_owned(),
+            "--ahead".to_string(),
+            ahead.to_string(),
+        ]);
+    }
     let mut command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
     command.extend(["%f".to_string(), "%p".to_string()]);
     Ok(command.join(" "))
@@ -376,12 +424,16 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
     let backups = lifeboat_postgres::backup::base_backups(&repo)?;
     let (_, state) =
         lifeboat_postgres::restore::choose_backup(&backups, args.stream.stream.as_deref(), target)?;
+    let to = absolute(&args.to)?;
+    // pg_wal is left out of base backups and PostgreSQL ignores directories in it.
+    let spool = to.join("pg_wal").join("lifeboat-prefetch");
+    let prefetch = (args.prefetch > 0).then_some((spool.as_path(), args.prefetch));
     let options = lifeboat_postgres::PgRestoreOptions {
         target,
-        to: absolute(&args.to)?,
+        to: to.clone(),
         delta: args.delta,
         standby: args.standby,
-        restore_command: restore_command(global, &state.stream)?,
+        restore_command: restore_command(global, &state.stream, prefetch)?,
         stream: Some(state.stream.clone()),
         archive_off: args.archive_off,
         workers: 0,

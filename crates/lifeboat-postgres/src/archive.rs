@@ -375,3 +375,141 @@ pub mod ahead {
         }
     }
 }
+
+/// Prefetching for `restore_command`: a call that has opened the repository also fetches the
+/// next segments of the same timeline, in parallel, into a spool directory; PostgreSQL's calls
+/// for them are then answered from the spool without opening the repository. Spooled files
+/// were authenticated when fetched, and archived files never change, so a spooled file is as
+/// good as a fresh fetch. Files behind the one asked for are removed as replay moves on.
+pub mod prefetch {
+    use std::path::{Path, PathBuf};
+
+    use lifeboat_repo::Repository;
+
+    use super::{GetOutcome, get, write_atomically};
+    use crate::error::{Error, Result};
+    use crate::wal::{DEFAULT_SEGMENT_SIZE, WalFile};
+
+    fn spooled(spool: &Path, stream: &str, name: &str) -> PathBuf {
+        spool.join(stream).join(name)
+    }
+
+    /// If `name` was prefetched, moves it to `dest` and returns true.
+    pub fn take(spool: &Path, stream: &str, name: &str, dest: &Path) -> Result<bool> {
+        let path = spooled(spool, stream, name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("read prefetched WAL file", &path, e)),
+        };
+        // A copy, not a rename: the spool may be on another filesystem than pg_wal.
+        write_atomically(dest, &bytes)?;
+        let _ = std::fs::remove_file(&path);
+        Ok(true)
+    }
+
+    /// After segment `name` was fetched (`segment_size` bytes long), fetches the next `ahead`
+    /// segments of its timeline into the spool, `threads` at a time, and removes spooled
+    /// segments of that timeline that come before it. Returns how many were fetched.
+    pub fn fetch_ahead(
+        repo: &Repository,
+        stream: &str,
+        name: &str,
+        segment_size: u64,
+        spool: &Path,
+        ahead: usize,
+        threads: usize,
+    ) -> Result<usize> {
+        let Some(file @ WalFile::Segment { timeline, .. }) = WalFile::parse(name) else {
+            return Ok(0);
+        };
+        let segment_size = if segment_size.is_power_of_two() && segment_size >= 1 << 20 {
+            segment_size
+        } else {
+            DEFAULT_SEGMENT_SIZE
+        };
+        let segno = file.segno(segment_size).expect("a segment has a number");
+        let dir = spool.join(stream);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create spool directory", &dir, e))?;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let Some(old) = entry.file_name().to_str().and_then(WalFile::parse) else {
+                    continue;
+                };
+                if old.timeline() == timeline && old.segno(segment_size) < Some(segno) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let wanted: Vec<String> = (1..=ahead as u64)
+            .map(|k| WalFile::segment(timeline, segno + k, segment_size).to_string())
+            .filter(|n| !spooled(spool, stream, n).exists())
+            .collect();
+        let queue = std::sync::Mutex::new(wanted.into_iter().rev().collect::<Vec<_>>());
+        let fetched = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.max(1) {
+                scope.spawn(|| {
+                    while let Some(next) = queue.lock().ok().and_then(|mut q| q.pop()) {
+                        let path = spooled(spool, stream, &next);
+                        if let Ok(GetOutcome::Restored) = get(repo, stream, &next, &path) {
+                            fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        Ok(fetched.into_inner())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn next_segments_are_prefetched_and_taken_once() {
+            let options = lifeboat_repo::InitOptions {
+                kdf: lifeboat_repo::KdfParams::insecure_for_tests(),
+                ..Default::default()
+            };
+            let repo = Repository::init(
+                lifeboat_storage::Storage::memory().unwrap(),
+                b"pw",
+                &options,
+            )
+            .unwrap();
+            let size = 1u64 << 20;
+            for segno in 1..=3u64 {
+                let name = WalFile::segment(1, segno, size).to_string();
+                super::super::push_bytes(&repo, "pg-1", &name, format!("seg {segno}").as_bytes())
+                    .unwrap();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let spool = dir.path().join("spool");
+            let first = WalFile::segment(1, 1, size).to_string();
+            // Segments 2 and 3 exist, 4 and 5 do not (yet).
+            assert_eq!(
+                fetch_ahead(&repo, "pg-1", &first, size, &spool, 4, 2).unwrap(),
+                2
+            );
+            let dest = dir.path().join("RECOVERYXLOG");
+            let second = WalFile::segment(1, 2, size).to_string();
+            assert!(take(&spool, "pg-1", &second, &dest).unwrap());
+            assert_eq!(std::fs::read(&dest).unwrap(), b"seg 2");
+            assert!(!take(&spool, "pg-1", &second, &dest).unwrap());
+            // Moving on removes what is behind.
+            let third = WalFile::segment(1, 3, size).to_string();
+            fetch_ahead(
+                &repo,
+                "pg-1",
+                &WalFile::segment(1, 4, size).to_string(),
+                size,
+                &spool,
+                1,
+                1,
+            )
+            .unwrap();
+            assert!(!take(&spool, "pg-1", &third, &dest).unwrap());
+        }
+    }
+}
