@@ -30,6 +30,21 @@ pub enum PgCommand {
     Check(StreamArgs),
     /// Last archived segment, last base backup and, with --connect, the archive lag.
     Status(PgStatusArgs),
+    /// Keep the newest N base backups and the WAL they need; forget older backups and delete
+    /// older WAL (their data is freed by `lifeboat prune`).
+    Expire(PgExpireArgs),
+}
+
+#[derive(Args)]
+pub struct PgExpireArgs {
+    /// How many complete base backups to keep (at least 1).
+    #[arg(long, value_name = "N")]
+    keep: usize,
+    /// Show what would be forgotten and deleted, change nothing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 #[derive(Args)]
@@ -166,6 +181,7 @@ pub fn run(global: &GlobalArgs, command: &PgCommand) -> Result<ExitCode> {
         PgCommand::Restore(args) => restore(global, args),
         PgCommand::Check(args) => check(global, args),
         PgCommand::Status(args) => status(global, args),
+        PgCommand::Expire(args) => expire(global, args),
     }
 }
 
@@ -567,6 +583,30 @@ fn status(global: &GlobalArgs, args: &PgStatusArgs) -> Result<ExitCode> {
                 server.lag_segments, server.lag_seconds, server.current_wal, server.failed_count
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expire(global: &GlobalArgs, args: &PgExpireArgs) -> Result<ExitCode> {
+    let repo = crate::open(global)?;
+    let stream = repository_stream(&repo, &args.stream)?;
+    let plan = lifeboat_postgres::expire::plan_for(&repo, &stream, args.keep)?;
+    if !args.dry_run {
+        lifeboat_postgres::expire::apply(&repo, &stream, &plan)?;
+    }
+    if global.json {
+        let mut value = serde_json::to_value(&plan)?;
+        value["dry_run"] = args.dry_run.into();
+        println!("{value}");
+    } else if !global.quiet {
+        let verb = if args.dry_run { "would" } else { "did" };
+        println!(
+            "{stream}: keeping {} base backup(s) and WAL from {}; {verb} forget {} backup(s) and delete {} WAL file(s)",
+            plan.keep.len(),
+            plan.wal_from.as_deref().unwrap_or("the start"),
+            plan.forget.len(),
+            plan.delete_wal.len(),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -468,6 +468,23 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
     let (_, count) = restore_and_count("restore-latest", &["--latest"]);
     assert_eq!(count, total as i64);
 
+    // Retention: keep the second backup and the WAL from its start; the first backup's
+    // targets are then out of reach, the chain stays whole.
+    let plan = world.lifeboat_json(&["pg", "expire", "--keep", "1"]);
+    assert_eq!(plan["forget"][0].as_str().unwrap(), first_id, "{plan}");
+    assert!(!plan["delete_wal"].as_array().unwrap().is_empty(), "{plan}");
+    let report = check(world.lifeboat(&["pg", "check"]), "pg check after expire");
+    assert!(!report.contains("GAP"), "{report}");
+    let out = world.lifeboat(&[
+        "pg",
+        "restore",
+        "--to",
+        &world.path("expired").display().to_string(),
+        "--time",
+        &targets[0].0,
+    ]);
+    assert!(!out.status.success());
+
     // A target older than every backup is refused with a reason.
     let out = world.lifeboat(&[
         "pg",

@@ -7,6 +7,7 @@
 //! * [`restore`]: the newest base backup before a target, plus recovery settings that make
 //!   PostgreSQL replay archived WAL to exactly that target.
 //! * [`check`]: gaps in the WAL chain and the archive's figures.
+//! * [`expire`]: retention: the newest N base backups and the WAL they need.
 //!
 //! # Invariants
 //!
@@ -22,6 +23,7 @@ pub mod archive;
 pub mod backup;
 pub mod check;
 mod error;
+pub mod expire;
 pub mod restore;
 pub mod session;
 pub mod wal;
