@@ -332,6 +332,7 @@ fn backup(global: &GlobalArgs, args: &PgBackupArgs) -> Result<ExitCode> {
                 "stop_time": state.stop_time,
                 "summary": outcome.snapshot.summary,
                 "vanished_files": outcome.vanished,
+                "wal_missing": outcome.wal_missing,
                 "warnings": outcome.warnings,
             })
         );
@@ -354,6 +355,15 @@ fn backup(global: &GlobalArgs, args: &PgBackupArgs) -> Result<ExitCode> {
             "warning: could not remove the provisional snapshot {} (append-only storage?); it is marked incomplete and ignored by pg restore",
             id.short()
         );
+    }
+    if !outcome.wal_missing.is_empty() {
+        eprintln!(
+            "error: the WAL this backup needs ({}) is not in this repository: archive_command \
+             must run `lifeboat pg archive-push` into the same repository (see docs/postgres.md); \
+             until it does, this backup cannot be restored",
+            outcome.wal_missing.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(if outcome.warnings.is_empty() {
         ExitCode::SUCCESS

@@ -120,6 +120,10 @@ pub struct BaseBackupOutcome {
     /// The incomplete first snapshot could not be removed (append-only storage): it stays,
     /// marked incomplete.
     pub leftover: Option<Id>,
+    /// WAL segments from the backup's start to its stop that are not in this repository's
+    /// stream: `archive_command` archives somewhere else, and this backup cannot be restored
+    /// from this repository.
+    pub wal_missing: Vec<String>,
 }
 
 /// Paths below the data directory that a base backup leaves out (PostgreSQL's documented
@@ -324,6 +328,15 @@ pub fn base_backup(
         .forget_snapshot(&outcome.snapshot_id)
         .err()
         .map(|_| outcome.snapshot_id);
+    // pg_backup_stop waited for the WAL to be archived; check that it was archived here.
+    let archived: std::collections::HashSet<String> = crate::archive::list(repo, &stream)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let wal_missing = (start_lsn.segment(segment_size)..=stop_lsn.segment(segment_size))
+        .map(|segno| WalFile::segment(timeline, segno, segment_size).to_string())
+        .filter(|name| !archived.contains(name))
+        .collect();
     let (vanished, warnings): (Vec<Warning>, Vec<Warning>) = outcome
         .warnings
         .into_iter()
@@ -335,6 +348,7 @@ pub fn base_backup(
         warnings,
         vanished: vanished.len(),
         leftover,
+        wal_missing,
     })
 }
 
