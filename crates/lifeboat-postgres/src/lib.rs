@@ -18,6 +18,26 @@
 //! * Restore never writes into a non-empty directory unless asked (`delta`).
 //!
 //! The user-facing description is `docs/postgres.md`.
+//!
+//! ```
+//! use lifeboat_postgres::archive::{self, GetOutcome, PushOutcome};
+//! use lifeboat_repo::{InitOptions, KdfParams, Repository};
+//! use lifeboat_storage::Storage;
+//!
+//! let options = InitOptions { kdf: KdfParams::insecure_for_tests(), ..Default::default() };
+//! let repo = Repository::init(Storage::memory()?, b"secret", &options)?;
+//! let stream = archive::stream_for(7_312_345_678_901_234_567);
+//! let dir = tempfile::tempdir()?;
+//! let segment = dir.path().join("000000010000000000000001");
+//! std::fs::write(&segment, b"WAL bytes")?;
+//! // PostgreSQL may call archive_command twice for one file: the same bytes succeed again.
+//! assert_eq!(archive::push(&repo, &stream, &segment)?, PushOutcome::Stored);
+//! assert_eq!(archive::push(&repo, &stream, &segment)?, PushOutcome::AlreadyArchived);
+//! let dest = dir.path().join("RECOVERYXLOG");
+//! assert_eq!(archive::get(&repo, &stream, "000000010000000000000001", &dest)?, GetOutcome::Restored);
+//! assert_eq!(archive::get(&repo, &stream, "00000002.history", &dest)?, GetOutcome::Missing);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod archive;
 pub mod backup;
