@@ -699,4 +699,38 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
             .starts_with(b"f")
     });
     assert_eq!(count(&again), Some(30));
+
+    // Restoring over a used directory needs --delta, which removes what the backup lacks.
+    insert_rows(&again, 30..40);
+    again.stop();
+    let dir = again.data.display().to_string();
+    let args = [
+        "pg",
+        "restore",
+        "--latest",
+        "--archive-off",
+        "--to",
+        dir.as_str(),
+    ];
+    let out = world.lifeboat(&args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--delta"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stray = again.data.join("base").join("stray-file");
+    fs::write(&stray, "not from the backup").unwrap();
+    let mut delta = args.to_vec();
+    delta.push("--delta");
+    world.lifeboat_json(&delta);
+    assert!(!stray.exists());
+    let again = again.start_on(free_port());
+    wait_until("the delta-restored cluster to promote", || {
+        again
+            .psql_out("SELECT pg_is_in_recovery();")
+            .stdout
+            .starts_with(b"f")
+    });
+    assert_eq!(count(&again), Some(30));
 }
