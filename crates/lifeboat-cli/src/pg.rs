@@ -169,6 +169,15 @@ pub struct PgStatusArgs {
     connect: ConnectArgs,
 }
 
+/// A progress line on a terminal; nothing otherwise (`--json` output stays one document).
+fn progress_mode(global: &GlobalArgs) -> crate::progress::Mode {
+    if global.quiet || global.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        crate::progress::Mode::Off
+    } else {
+        crate::progress::Mode::Line
+    }
+}
+
 fn parse_lsn(text: &str) -> Result<Lsn, String> {
     Lsn::parse(text).ok_or_else(|| format!("{text:?} is not an LSN such as 0/3000060"))
 }
@@ -312,7 +321,10 @@ fn backup(global: &GlobalArgs, args: &PgBackupArgs) -> Result<ExitCode> {
         writer: Default::default(),
     };
     let progress = Arc::new(BackupProgress::default());
-    let outcome = lifeboat_postgres::base_backup(&mut repo, &options, &progress)?;
+    let display = crate::progress::start_backup(progress.clone(), progress_mode(global));
+    let outcome = lifeboat_postgres::base_backup(&mut repo, &options, &progress);
+    display.stop();
+    let outcome = outcome?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -464,8 +476,11 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
         archive_off: args.archive_off,
         workers: 0,
     };
-    let progress = RestoreProgress::default();
-    let outcome = lifeboat_postgres::restore::restore(&repo, &options, &progress)?;
+    let progress = Arc::new(RestoreProgress::default());
+    let display = crate::progress::start_restore(progress.clone(), progress_mode(global));
+    let outcome = lifeboat_postgres::restore::restore(&repo, &options, &progress);
+    display.stop();
+    let outcome = outcome?;
     for warning in &outcome.summary.warnings {
         eprintln!("warning: {warning}");
     }
