@@ -511,6 +511,20 @@ fn archiving_survives_an_unreachable_repository_and_check_names_a_missing_segmen
     primary.switch_and_wait();
     world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
 
+    // A data directory file the backup cannot read makes it fail, not a broken backup.
+    let unreadable = primary.data.join("unreadable");
+    fs::write(&unreadable, "secret").unwrap();
+    fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o000)).unwrap();
+    let out = world.lifeboat(&["pg", "backup", "--connect", &primary.conninfo()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not be read") && stderr.contains("unreadable"),
+        "{stderr}"
+    );
+    fs::remove_file(&unreadable).unwrap();
+    assert_eq!(world.lifeboat_json(&["pg", "status"])["base_backups"], 1);
+
     // The repository goes away: archive-push fails and PostgreSQL keeps the segment.
     fs::rename(world.path("repo"), world.path("repo-away")).unwrap();
     insert_rows(&primary, 5..10);

@@ -112,7 +112,8 @@ pub struct BaseBackupOutcome {
     pub snapshot: Snapshot,
     /// Its PostgreSQL state.
     pub state: BackupState,
-    /// Files that could not be read and still exist (a real problem).
+    /// Files that could not be read and still exist. Always empty: a backup with such files
+    /// fails instead (kept so callers print one list of problems).
     pub warnings: Vec<Warning>,
     /// Files that disappeared while being backed up (normal: PostgreSQL dropped them, and
     /// WAL replay does the same on restore).
@@ -321,6 +322,28 @@ pub fn base_backup(
     state.backup_label = Some(backup_label);
     state.tablespace_map = (!tablespace_map.is_empty()).then_some(tablespace_map);
 
+    // A data file that exists but could not be read makes the copy incomplete, and WAL replay
+    // cannot make up for a missing file: such a backup must never count as restorable.
+    let (vanished, unreadable): (Vec<Warning>, Vec<Warning>) = outcome
+        .warnings
+        .iter()
+        .cloned()
+        .partition(|w| std::fs::symlink_metadata(&w.path).is_err());
+    if !unreadable.is_empty() {
+        let _ = repo.forget_snapshot(&outcome.snapshot_id);
+        return Err(Error::Unusable(format!(
+            "{} file(s) of the data directory could not be read, so the base backup is \
+             incomplete and was not recorded: {}; run `lifeboat pg backup` as the cluster's \
+             owner (or a user that can read every file)",
+            unreadable.len(),
+            unreadable
+                .iter()
+                .take(3)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
     let mut snapshot = outcome.snapshot.clone();
     snapshot.source_state = Some(serde_json::to_value(&state).expect("state serialises"));
     let snapshot_id = repo.save_snapshot(&snapshot)?;
@@ -337,15 +360,11 @@ pub fn base_backup(
         .map(|segno| WalFile::segment(timeline, segno, segment_size).to_string())
         .filter(|name| !archived.contains(name))
         .collect();
-    let (vanished, warnings): (Vec<Warning>, Vec<Warning>) = outcome
-        .warnings
-        .into_iter()
-        .partition(|w| std::fs::symlink_metadata(&w.path).is_err());
     Ok(BaseBackupOutcome {
         snapshot_id,
         snapshot,
         state,
-        warnings,
+        warnings: unreadable,
         vanished: vanished.len(),
         leftover,
         wal_missing,
