@@ -142,14 +142,13 @@ pub fn restore(
     let backups = base_backups(repo)?;
     let (backup_id, state) = choose_backup(&backups, options.stream.as_deref(), options.target)?;
     let snapshot = repo.load_snapshot(&backup_id)?;
-    let data_node = lifeboat_repo::browse::lookup(
-        repo,
-        &snapshot.tree,
-        Path::new(&state.data_directory),
-    )?
-    .filter(|n| n.kind == NodeKind::Dir)
-    .and_then(|n| n.subtree)
-    .ok_or_else(|| {
+    let data_dir_node =
+        lifeboat_repo::browse::lookup(repo, &snapshot.tree, Path::new(&state.data_directory))?
+            .filter(|n| n.kind == NodeKind::Dir);
+    // The cluster's owner: files this restore writes itself must belong to it, or a restore
+    // run as root leaves files the server cannot read.
+    let owner = data_dir_node.as_ref().map(|n| (n.uid, n.gid));
+    let data_node = data_dir_node.and_then(|n| n.subtree).ok_or_else(|| {
         Error::Unusable(format!(
             "snapshot {} has no directory {}: it is not a base backup this build can restore",
             backup_id.short(),
@@ -197,11 +196,12 @@ pub fn restore(
     )?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io("set the mode of", to, e))?;
-    for dir in crate::backup::EXCLUDED
+    let recreated: Vec<&str> = crate::backup::EXCLUDED
         .iter()
         .filter_map(|p| p.strip_suffix("/*"))
         .chain(["pg_wal/archive_status"])
-    {
+        .collect();
+    for dir in &recreated {
         let path = to.join(dir);
         std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
     }
@@ -224,6 +224,21 @@ pub fn restore(
     };
     write_file(&to.join(signal), "")?;
     let _ = std::fs::remove_file(to.join(other));
+    if let Some((uid, gid)) = owner {
+        let mut written = vec![
+            to.to_path_buf(),
+            to.join("backup_label"),
+            to.join("postgresql.auto.conf"),
+            to.join(signal),
+            to.join("tablespace_map"),
+        ];
+        written.extend(recreated.iter().map(|d| to.join(d)));
+        for path in written {
+            // Without privileges (a restore by the cluster's owner) this fails or is a no-op,
+            // and the files already belong to the right user.
+            let _ = std::os::unix::fs::lchown(&path, Some(uid), Some(gid));
+        }
+    }
     Ok(PgRestoreOutcome {
         backup_id,
         state,
