@@ -20,7 +20,9 @@ pub enum PgCommand {
     /// only once the file is durably stored.
     ArchivePush(ArchivePushArgs),
     /// Fetch one archived WAL file (for restore_command = 'lifeboat pg archive-get %f %p').
-    /// Exits 1 without a message when the archive has no such file.
+    /// Exits 1 without a message when the archive has no such file; on an error (repository
+    /// unreachable) 255, which makes PostgreSQL abort recovery rather than end it early (1 in
+    /// standby mode, where PostgreSQL retries).
     ArchiveGet(ArchiveGetArgs),
     /// Take a base backup of a running cluster (PostgreSQL 15 or newer).
     Backup(PgBackupArgs),
@@ -273,7 +275,29 @@ fn archive_push(global: &GlobalArgs, args: &ArchivePushArgs) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// Exit code of `archive-get` when it fails (as opposed to finding no such file) outside
+/// standby mode. PostgreSQL reads exit 1 as "no such file", which ends archive recovery: a
+/// repository that is briefly unreachable would end a `--latest` recovery early and promote
+/// at the wrong point. A code above 125 makes it abort recovery instead, to be started again.
+const EXIT_ABORT_RECOVERY: u8 = 255;
+
 fn archive_get(global: &GlobalArgs, args: &ArchiveGetArgs) -> Result<ExitCode> {
+    match archive_get_inner(global, args) {
+        Ok(code) => Ok(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let data_dir = args.pgdata.as_deref().unwrap_or(Path::new("."));
+            // A standby retries later on its own: exit 1 keeps it running.
+            Ok(if data_dir.join("standby.signal").exists() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::from(EXIT_ABORT_RECOVERY)
+            })
+        }
+    }
+}
+
+fn archive_get_inner(global: &GlobalArgs, args: &ArchiveGetArgs) -> Result<ExitCode> {
     let stream = local_stream(&args.stream, args.pgdata.as_deref())?;
     if let Some(spool) = &args.spool
         && archive::prefetch::take(spool, &stream, &args.name, &args.dest)?

@@ -556,6 +556,22 @@ fn archiving_survives_an_unreachable_repository_and_check_names_a_missing_segmen
     });
     let failed = primary.psql("SELECT last_failed_wal FROM pg_stat_archiver;");
     assert_eq!(failed, pending);
+    // archive-get cannot reach it either: not "no such file" (1), which would end a recovery
+    // early, but a code that makes PostgreSQL abort recovery.
+    let out = world.lifeboat(&[
+        "pg",
+        "archive-get",
+        "--pgdata",
+        &primary.data.display().to_string(),
+        &pending,
+        &world.path("nowhere").display().to_string(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // It comes back: PostgreSQL retries and nothing is lost.
     fs::rename(world.path("repo-away"), world.path("repo")).unwrap();
     primary.wait_archived(&pending);
