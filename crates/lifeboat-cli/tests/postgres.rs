@@ -424,6 +424,7 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
                 first["summary"]["bytes_stored"].as_u64().unwrap(),
                 second["summary"]["bytes_stored"].as_u64().unwrap(),
             );
+            eprintln!("base backups stored {a} bytes (first) and {b} bytes (second)");
             assert!(
                 b * 2 < a,
                 "the second full backup stored {b} bytes, the first {a}"
