@@ -8,6 +8,7 @@
 mod browse;
 mod config;
 mod password;
+mod pg;
 mod progress;
 
 use std::collections::HashMap;
@@ -125,6 +126,9 @@ enum Command {
     Diff(browse::DiffArgs),
     /// Sizes of snapshots: restore size, unique data, deduplication and compression.
     Stats(browse::StatsArgs),
+    /// PostgreSQL: WAL archive, base backups, point-in-time restore (docs/postgres.md).
+    #[command(subcommand)]
+    Pg(pg::PgCommand),
 }
 
 #[derive(Subcommand)]
@@ -729,6 +733,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Dump(args) => browse::dump(global, &args),
         Command::Diff(args) => browse::diff(global, &args),
         Command::Stats(args) => browse::stats(global, &args),
+        Command::Pg(command) => pg::run(global, &command),
     }
 }
 
