@@ -9,6 +9,7 @@ mod browse;
 mod config;
 mod password;
 mod progress;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -111,6 +112,9 @@ enum Command {
     Diff(browse::DiffArgs),
     /// Sizes of snapshots: restore size, unique data, deduplication and compression.
     Stats(browse::StatsArgs),
+    /// SQLite databases: continuous replication, point-in-time restore, status.
+    #[command(subcommand)]
+    Sqlite(sqlite::SqliteCommand),
 }
 
 #[derive(Subcommand)]
@@ -601,6 +605,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Dump(args) => browse::dump(global, &args),
         Command::Diff(args) => browse::diff(global, &args),
         Command::Stats(args) => browse::stats(global, &args),
+        Command::Sqlite(command) => sqlite::run(global, &command),
     }
 }
 
