@@ -52,6 +52,9 @@ pub struct ReplicateOptions {
     pub lock_timeout: Duration,
     /// Largest segment (a single bigger transaction still goes into one segment).
     pub max_segment_bytes: u64,
+    /// Unshipped WAL bytes after which an unreachable destination stops holding the WAL on
+    /// local disk (`None`: hold it without limit).
+    pub max_lag_bytes: Option<u64>,
     /// Directory for the temporary copy a snapshot is read from (default: the system's).
     pub spool_dir: Option<PathBuf>,
     /// Host name recorded in snapshots.
@@ -70,6 +73,7 @@ impl Default for ReplicateOptions {
             checkpoint_frames: 1000,
             lock_timeout: Duration::from_secs(2),
             max_segment_bytes: 16 << 20,
+            max_lag_bytes: Some(1 << 30),
             spool_dir: None,
             hostname: String::new(),
             username: String::new(),
@@ -121,6 +125,9 @@ pub struct Replicator {
     lock: Connection,
     /// The read transaction is open and was begun at a fully shipped position.
     protected: bool,
+    /// A new generation was started and its snapshot is not stored yet: nothing may be
+    /// shipped, and the read transaction may not be renewed, until it is.
+    needs_snapshot: bool,
     cursor: Option<WalCursor>,
     page_size: u32,
     last_snapshot: Instant,
@@ -183,6 +190,7 @@ impl Replicator {
             read,
             lock,
             protected: false,
+            needs_snapshot: false,
             cursor: None,
             page_size,
             last_snapshot: Instant::now(),
@@ -219,10 +227,11 @@ impl Replicator {
         self.acquire_write_lock_patiently()?;
         let outcome = self.start_locked(latest.as_ref());
         self.release_write_lock();
-        let needs_snapshot = outcome?;
-        if needs_snapshot {
-            self.take_snapshot()?;
+        if outcome? {
+            self.needs_snapshot = true;
             self.status.generations_started += 1;
+            self.take_snapshot()?;
+            self.needs_snapshot = false;
         }
         Ok(())
     }
@@ -260,6 +269,14 @@ impl Replicator {
                 self.status.generation = generation;
                 self.status.position = position;
                 self.last_snapshot = Instant::now();
+                // The log may have been checkpointed completely while nobody held it, in which
+                // case our read mark is 0 and SQLite may restart the log as soon as we release
+                // the write lock: ship everything first, so that restart happens at a shipped
+                // position.
+                if let Err(e) = self.ship() {
+                    self.end_read();
+                    return Err(e);
+                }
                 return Ok(false);
             }
             tracing::info!(
@@ -404,29 +421,68 @@ impl Replicator {
             // continues the journal, else start a new generation.
             self.acquire_write_lock_patiently()?;
             let continues = match &self.cursor {
+                // A generation without its snapshot cannot be continued: start it again.
+                _ if self.needs_snapshot => Ok(false),
                 Some(cursor) => wal::cursor_still_valid(&self.wal_path, cursor),
                 None => Ok(false),
             };
             let outcome = match continues {
-                Ok(true) => self.begin_read().map(|()| false),
+                // As on start: ship everything under the lock before claiming protection.
+                Ok(true) => self.begin_read().and_then(|()| match self.ship() {
+                    Ok(_) => Ok(false),
+                    Err(e) => {
+                        self.end_read();
+                        Err(e)
+                    }
+                }),
                 Ok(false) => self.end_read_and_restart(),
                 Err(e) => Err(e),
             };
             self.release_write_lock();
             if outcome? {
-                self.take_snapshot()?;
+                self.needs_snapshot = true;
                 self.status.generations_started += 1;
             }
+        }
+        if self.needs_snapshot {
+            if let Err(e) = self.take_snapshot() {
+                self.bound_the_wal();
+                return Err(e);
+            }
+            self.needs_snapshot = false;
         }
         if let Some(since) = self.waiting_since {
             self.status.lag_seconds = since.elapsed().as_secs_f64();
         }
-        self.ship()?;
+        if let Err(e) = self.ship() {
+            self.bound_the_wal();
+            return Err(e);
+        }
         let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
         if snapshot_due || self.frames_in_cycle() >= self.options.checkpoint_frames {
             self.checkpoint(snapshot_due)?;
         }
         Ok(())
+    }
+
+    /// While the destination is unreachable our read transaction keeps the whole WAL on local
+    /// disk. Past `max_lag_bytes` we let go of it: the application's checkpoints may then
+    /// restart the log, and when the destination answers again we either find the log still
+    /// continuing the journal or start a new generation with a snapshot.
+    fn bound_the_wal(&mut self) {
+        let Some(limit) = self.options.max_lag_bytes else {
+            return;
+        };
+        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        let shipped = self.cursor.map_or(0, |c| c.offset);
+        if self.protected && size.saturating_sub(shipped) > limit {
+            tracing::warn!(
+                database = %self.status.database,
+                unshipped = size - shipped,
+                "the destination is unreachable and the WAL passed --max-lag; releasing it (a new generation may follow)"
+            );
+            self.end_read();
+        }
     }
 
     fn end_read_and_restart(&mut self) -> Result<bool> {

@@ -513,3 +513,56 @@ fn dir_size(path: &Path) -> u64 {
     }
     total
 }
+
+#[test]
+fn an_unreachable_destination_lets_go_of_the_wal_past_the_lag_limit_then_resyncs() {
+    let setup = Setup::new();
+    let running = setup.replicate(ReplicateOptions {
+        max_lag_bytes: Some(64 << 10),
+        ..options()
+    });
+    wait_ok(spawn_writer(&setup.db(), 20, 1, 100));
+    // The destination goes away: a plain file where the repository directory was.
+    let away = setup.dir.path().join("repo-away");
+    std::fs::rename(setup.repo_path(), &away).unwrap();
+    std::fs::write(setup.repo_path(), b"not a directory").unwrap();
+    wait_ok(spawn_writer(&setup.db(), 100, 1, 1000));
+    // Past the limit the replicator stops holding the WAL: another connection's TRUNCATE
+    // checkpoint then goes through, and local disk use falls back.
+    let other = Connection::open(setup.db()).unwrap();
+    other.busy_timeout(Duration::from_millis(100)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (busy, _, _): (i64, i64, i64) = other
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        if busy == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the WAL is still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The destination comes back; more is written; the replicator resyncs with a new
+    // generation, and the latest restore has everything.
+    std::fs::remove_file(setup.repo_path()).unwrap();
+    std::fs::rename(&away, setup.repo_path()).unwrap();
+    wait_ok(spawn_writer(&setup.db(), 20, 1, 100));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok((path, _)) =
+            setup.restore(&format!("probe-{}.db", now_micros()), RestorePoint::Latest)
+            && rows(&path).len() == 140
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicator did not resync");
+    }
+    let status = running.stop();
+    assert_eq!(status.generations_started, 2, "{status:?}");
+    assert!(status.last_error.is_some());
+    let (path, _) = setup.restore("final.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+}
