@@ -41,6 +41,10 @@ pub struct ReplicateArgs {
     /// Checkpoint (PASSIVE) once the WAL holds this many frames.
     #[arg(long, default_value_t = 1000)]
     checkpoint_frames: u64,
+    /// While the repository is unreachable, keep at most this many MiB of unshipped WAL on local
+    /// disk; past it, stop holding the WAL and resync with a new generation later (0: no limit).
+    #[arg(long, default_value_t = 1024)]
+    max_lag_mib: u64,
     /// Directory for the temporary copy a snapshot is read from (needs room for the database).
     #[arg(long)]
     spool_dir: Option<PathBuf>,
@@ -135,6 +139,7 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs) -> Result<ExitCode> {
         snapshot_interval: args.snapshot_interval,
         checkpoint_frames: args.checkpoint_frames,
         spool_dir: args.spool_dir.clone(),
+        max_lag_bytes: (args.max_lag_mib > 0).then_some(args.max_lag_mib << 20),
         hostname: crate::hostname(),
         username: crate::username(),
         tags: args.tags.clone(),

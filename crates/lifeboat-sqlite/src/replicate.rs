@@ -129,6 +129,8 @@ pub struct Replicator {
     /// shipped, and the read transaction may not be renewed, until it is.
     needs_snapshot: bool,
     cursor: Option<WalCursor>,
+    /// When the read transaction began: the moment the state it sees was current.
+    read_began: jiff::Timestamp,
     page_size: u32,
     last_snapshot: Instant,
     /// When committed frames were first seen waiting (for lag in seconds).
@@ -192,6 +194,7 @@ impl Replicator {
             protected: false,
             needs_snapshot: false,
             cursor: None,
+            read_began: jiff::Timestamp::now(),
             page_size,
             last_snapshot: Instant::now(),
             waiting_since: None,
@@ -336,6 +339,7 @@ impl Replicator {
                     })
             })
             .map_err(|e| Error::sqlite("begin the read transaction on", &self.db_path, e))?;
+        self.read_began = jiff::Timestamp::now();
         self.protected = true;
         Ok(())
     }
@@ -546,7 +550,9 @@ impl Replicator {
             .prefix(".lifeboat-sqlite-snapshot-")
             .tempfile_in(&spool)
             .map_err(|e| Error::io("create a snapshot copy in", &spool, e))?;
-        let captured = jiff::Timestamp::now();
+        // The copy shows the database as of the start of our read transaction (begun under the
+        // write lock, with everything shipped): that is the moment it restores.
+        let captured = self.read_began;
         {
             let mut target = Connection::open(copy.path())
                 .map_err(|e| Error::sqlite("open the snapshot copy", copy.path(), e))?;
