@@ -73,6 +73,13 @@ pub struct RestoreArgs {
     /// Restore everything shipped (the default).
     #[arg(long)]
     latest: bool,
+    /// Keep the restored file current as a read-only replica until stopped (Ctrl-C, SIGTERM);
+    /// readers should open it read-only.
+    #[arg(long, conflicts_with = "time")]
+    follow: bool,
+    /// How often follow mode looks for new segments.
+    #[arg(long, default_value = "1s", value_parser = parse_interval, requires = "follow")]
+    interval: Duration,
 }
 
 #[derive(Args)]
@@ -217,6 +224,30 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
         None => RestorePoint::Latest,
     };
     let repo = crate::open(global)?.load_index()?;
+    if args.follow {
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            let _ = ctrlc::set_handler(move || {
+                if stop.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            });
+        }
+        let mut follower = lifeboat_sqlite::Follower::start(repo, selector, &args.to)?;
+        if !global.quiet && !global.json {
+            eprintln!(
+                "replica {} at {}; following (Ctrl-C stops)",
+                args.to.display(),
+                follower.state().captured
+            );
+        }
+        follower.run(args.interval, &stop);
+        if global.json {
+            println!("{}", serde_json::to_string(follower.state())?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let outcome = lifeboat_sqlite::restore(&repo, &selector, &args.to, point)?;
     if global.json {
         println!("{}", serde_json::to_string(&outcome)?);

@@ -30,6 +30,7 @@
 
 pub mod catalog;
 mod error;
+pub mod follow;
 pub mod replicate;
 pub mod restore;
 pub mod retention;
@@ -39,5 +40,6 @@ pub mod wal;
 
 pub use catalog::{DatabaseSnapshot, Selector, SnapshotState};
 pub use error::{Error, Result};
+pub use follow::Follower;
 pub use replicate::{ReplicateOptions, ReplicationStatus, Replicator};
 pub use restore::{RestoreOutcome, RestorePoint, restore};

@@ -128,6 +128,8 @@ pub struct Replicator {
     /// A new generation was started and its snapshot is not stored yet: nothing may be
     /// shipped, and the read transaction may not be renewed, until it is.
     needs_snapshot: bool,
+    /// After a failed resync (destination unreachable), when to try again, and the wait.
+    resync_after: Option<(Instant, Duration)>,
     cursor: Option<WalCursor>,
     /// When the read transaction began: the moment the state it sees was current.
     read_began: jiff::Timestamp,
@@ -193,6 +195,7 @@ impl Replicator {
             lock,
             protected: false,
             needs_snapshot: false,
+            resync_after: None,
             cursor: None,
             read_began: jiff::Timestamp::now(),
             page_size,
@@ -232,9 +235,9 @@ impl Replicator {
         self.release_write_lock();
         if outcome? {
             self.needs_snapshot = true;
-            self.status.generations_started += 1;
             self.take_snapshot()?;
             self.needs_snapshot = false;
+            self.status.generations_started += 1;
         }
         Ok(())
     }
@@ -419,6 +422,38 @@ impl Replicator {
     /// One round: ship, then checkpoint and snapshot when due. Errors leave everything
     /// unshipped protected, so the next round retries.
     pub fn tick(&mut self) -> Result<()> {
+        if !self.protected
+            && let Some((at, _)) = self.resync_after
+            && Instant::now() < at
+        {
+            return Ok(());
+        }
+        if let Err(e) = self.resync_and_snapshot() {
+            // Back off (1 s, doubling to 60 s): a resync may copy the whole database.
+            let wait = self.resync_after.map_or(Duration::from_secs(1), |(_, w)| {
+                (w * 2).min(Duration::from_secs(60))
+            });
+            self.resync_after = Some((Instant::now() + wait, wait));
+            return Err(e);
+        }
+        self.resync_after = None;
+        if let Some(since) = self.waiting_since {
+            self.status.lag_seconds = since.elapsed().as_secs_f64();
+        }
+        if let Err(e) = self.ship() {
+            self.bound_the_wal();
+            return Err(e);
+        }
+        let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
+        if snapshot_due || self.frames_in_cycle() >= self.options.checkpoint_frames {
+            self.checkpoint(snapshot_due)?;
+        }
+        Ok(())
+    }
+
+    /// If the read transaction was lost, takes it again (resuming, or starting a new
+    /// generation); stores a new generation's snapshot if it is still missing.
+    fn resync_and_snapshot(&mut self) -> Result<()> {
         if !self.protected {
             // We lost our read transaction (an error in the middle of a checkpoint): what
             // happened to the WAL meanwhile is unknown, so continue only if it provably still
@@ -445,26 +480,17 @@ impl Replicator {
             self.release_write_lock();
             if outcome? {
                 self.needs_snapshot = true;
-                self.status.generations_started += 1;
             }
         }
         if self.needs_snapshot {
             if let Err(e) = self.take_snapshot() {
-                self.bound_the_wal();
+                // Nothing of this generation is shipped, so holding the WAL protects nothing:
+                // let go of it (local disk stays bounded); the next attempt starts afresh.
+                self.end_read();
                 return Err(e);
             }
             self.needs_snapshot = false;
-        }
-        if let Some(since) = self.waiting_since {
-            self.status.lag_seconds = since.elapsed().as_secs_f64();
-        }
-        if let Err(e) = self.ship() {
-            self.bound_the_wal();
-            return Err(e);
-        }
-        let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
-        if snapshot_due || self.frames_in_cycle() >= self.options.checkpoint_frames {
-            self.checkpoint(snapshot_due)?;
+            self.status.generations_started += 1;
         }
         Ok(())
     }

@@ -46,6 +46,11 @@ pub struct RestoreOutcome {
     pub captured: jiff::Timestamp,
     /// Size of the restored database in bytes.
     pub bytes: u64,
+    /// The database's journal stream.
+    pub stream: String,
+    /// Where the WAL stood after the last segment applied (for a follower to go on from).
+    #[serde(skip)]
+    pub(crate) cursor: Option<crate::wal::WalCursor>,
 }
 
 /// Restores the database chosen by `selector` as of `point` into a new file `target`.
@@ -54,6 +59,18 @@ pub fn restore(
     selector: &Selector,
     target: &Path,
     point: RestorePoint,
+) -> Result<RestoreOutcome> {
+    restore_as(repo, selector, target, point, false)
+}
+
+/// [`restore`], optionally leaving the database in rollback-journal mode (for a read-only
+/// replica that a follower updates under SQLite's file locks).
+pub(crate) fn restore_as(
+    repo: &IndexedRepository,
+    selector: &Selector,
+    target: &Path,
+    point: RestorePoint,
+    rollback_mode: bool,
 ) -> Result<RestoreOutcome> {
     refuse_existing(target)?;
     let snapshots = catalog::database_snapshots(repo, Some(selector))?;
@@ -97,12 +114,17 @@ pub fn restore(
         transactions: 0,
         captured: base.state.captured,
         bytes: 0,
+        stream: base.state.stream.clone(),
+        cursor: base.state.wal,
     };
     apply_segments(repo, base, &file_path, point, &mut outcome)?;
     outcome.bytes = std::fs::metadata(&file_path)
         .map_err(|e| Error::io("read", &file_path, e))?
         .len();
     integrity_check(&file_path, target)?;
+    if rollback_mode {
+        set_rollback_mode(&file_path)?;
+    }
     refuse_existing(target)?;
     // A hard link never replaces an existing name, so a file that appeared meanwhile is safe.
     std::fs::hard_link(&file_path, target).map_err(|e| {
@@ -175,7 +197,7 @@ fn apply_segments(
         .write(true)
         .open(file_path)
         .map_err(|e| Error::io("open", file_path, e))?;
-    let mut cursor = base.state.wal;
+    let mut cursor = outcome.cursor;
     let last_good = |outcome: &RestoreOutcome| {
         format!(
             "the database can be restored up to {} (pass --time {} to get that state)",
@@ -225,37 +247,73 @@ fn apply_segments(
                 outcome,
             ));
         }
-        let mut size_after = None;
-        for frame in wal::frames(
-            frames,
-            header.page_size,
-            header.big_endian,
-            header.start.salt,
-            header.start.checksum,
-        ) {
-            let (frame_header, page) = frame
-                .map_err(|index| bad(format!("frame {index} fails its WAL checksum"), outcome))?;
-            let offset = u64::from(frame_header.page - 1) * u64::from(header.page_size);
-            file.write_all_at(page, offset)
-                .map_err(|e| Error::io("write", file_path, e))?;
-            if frame_header.is_commit() {
-                size_after = Some(u64::from(frame_header.db_pages) * u64::from(header.page_size));
-                file.set_len(size_after.expect("set"))
-                    .map_err(|e| Error::io("resize", file_path, e))?;
-                outcome.transactions += 1;
-            }
-        }
-        if size_after.is_none() {
-            return Err(bad("it holds no complete transaction".to_string(), outcome));
-        }
+        let verified = verify_frames(&header, frames).map_err(|reason| bad(reason, outcome))?;
+        outcome.transactions += write_frames(&file, file_path, header.page_size, &verified)?;
         cursor = Some(header.end);
         outcome.position = header.end_position;
+        outcome.cursor = cursor;
         outcome.captured = header.captured;
         outcome.segments += 1;
     }
     file.sync_all()
         .map_err(|e| Error::io("sync", file_path, e))?;
     Ok(())
+}
+
+/// Sets the header's read and write versions (bytes 18 and 19) to 1, rollback journal: the
+/// frames of a WAL-mode database carry 2 there.
+pub(crate) fn set_rollback_mode(path: &Path) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    file.write_all_at(&[1, 1], 18)
+        .map_err(|e| Error::io("write", path, e))
+}
+
+/// A frame's header and page.
+pub(crate) type Frame<'a> = (wal::FrameHeader, &'a [u8]);
+
+/// Checks every frame of a segment (checksum chain, whole transactions) before any is used.
+pub(crate) fn verify_frames<'a>(
+    header: &segment::SegmentHeader,
+    frames: &'a [u8],
+) -> std::result::Result<Vec<Frame<'a>>, String> {
+    let verified = wal::frames(
+        frames,
+        header.page_size,
+        header.big_endian,
+        header.start.salt,
+        header.start.checksum,
+    )
+    .collect::<std::result::Result<Vec<_>, usize>>()
+    .map_err(|index| format!("frame {index} fails its WAL checksum"))?;
+    if !verified.last().is_some_and(|(h, _)| h.is_commit()) {
+        return Err("it does not end with a complete transaction".to_string());
+    }
+    Ok(verified)
+}
+
+/// Writes verified frames into a database file: each page at its place, and the file's length
+/// set at each commit. Returns the transactions applied.
+pub(crate) fn write_frames(
+    file: &std::fs::File,
+    file_path: &Path,
+    page_size: u32,
+    frames: &[Frame<'_>],
+) -> Result<u64> {
+    let mut transactions = 0;
+    for (frame_header, page) in frames {
+        let offset = u64::from(frame_header.page - 1) * u64::from(page_size);
+        file.write_all_at(page, offset)
+            .map_err(|e| Error::io("write", file_path, e))?;
+        if frame_header.is_commit() {
+            file.set_len(u64::from(frame_header.db_pages) * u64::from(page_size))
+                .map_err(|e| Error::io("resize", file_path, e))?;
+            transactions += 1;
+        }
+    }
+    Ok(transactions)
 }
 
 fn integrity_check(path: &Path, target: &Path) -> Result<()> {

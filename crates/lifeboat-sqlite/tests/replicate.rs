@@ -566,3 +566,58 @@ fn an_unreachable_destination_lets_go_of_the_wal_past_the_lag_limit_then_resyncs
     let (path, _) = setup.restore("final.db", RestorePoint::Latest).unwrap();
     assert_eq!(rows(&path), rows(&setup.db()));
 }
+
+#[test]
+fn follow_keeps_a_read_only_replica_current() {
+    let setup = Setup::new();
+    let running = setup.replicate(options());
+    let replica = setup.dir.path().join("replica.db");
+    let mut follower =
+        lifeboat_sqlite::Follower::start(setup.repo(), Selector::path(&setup.db()), &replica)
+            .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let following = std::thread::spawn(move || {
+        follower.run(Duration::from_millis(100), &flag);
+        follower.state().clone()
+    });
+    let writer = spawn_writer(&setup.db(), 300, 5, 200);
+    // Readers of the replica always see a consistent database that only moves forward.
+    let reader =
+        Connection::open_with_flags(&replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    reader.busy_timeout(Duration::from_secs(30)).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (count, max): (i64, Option<i64>) = reader
+            .query_row("SELECT count(*), max(id) FROM rows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert!(
+            count >= seen,
+            "the replica went back from {seen} to {count} rows"
+        );
+        assert_eq!(Some(count), max.or(Some(0)), "rows are a prefix");
+        seen = count;
+        if count == 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica stopped at {count} rows"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_ok(writer);
+    let check: String = reader
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(reader);
+    stop.store(true, Ordering::Relaxed);
+    let state = following.join().unwrap();
+    running.stop();
+    assert!(state.segments > 0, "{state:?}");
+    assert_eq!(rows(&replica), rows(&setup.db()));
+}
