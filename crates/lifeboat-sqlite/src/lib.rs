@@ -27,6 +27,31 @@
 //!   writing, and checkpoints (PASSIVE only).
 //!
 //! See `docs/sqlite.md` for the guarantees and how to run it.
+//!
+//! ```
+//! use lifeboat_repo::{InitOptions, KdfParams, Repository};
+//! use lifeboat_sqlite::{ReplicateOptions, Replicator, RestorePoint, Selector};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = dir.path().join("app.db");
+//! let app = rusqlite::Connection::open(&db)?;
+//! app.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+//! app.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)")?;
+//!
+//! let options = InitOptions { kdf: KdfParams::insecure_for_tests(), ..Default::default() };
+//! let repo = Repository::init(lifeboat_storage::Storage::memory()?, b"pw", &options)?;
+//! // Opening takes the base snapshot; each tick ships what was committed since.
+//! let mut replicator = Replicator::open(&db, repo.clone().load_index()?, ReplicateOptions::default())?;
+//! app.execute("INSERT INTO t VALUES (2)", [])?;
+//! replicator.tick()?;
+//!
+//! let restored = dir.path().join("restored.db");
+//! let repo = Repository::open(repo.storage().clone(), b"pw")?.load_index()?;
+//! lifeboat_sqlite::restore(&repo, &Selector::path(&db), &restored, RestorePoint::Latest)?;
+//! let n: i64 = rusqlite::Connection::open(&restored)?.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+//! assert_eq!(n, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod catalog;
 mod error;

@@ -128,6 +128,9 @@ pub struct Replicator {
     /// A new generation was started and its snapshot is not stored yet: nothing may be
     /// shipped, and the read transaction may not be renewed, until it is.
     needs_snapshot: bool,
+    /// The cursor at the last checkpoint: until the WAL moves on, another one would do nothing
+    /// but take the write lock again.
+    checkpointed_at: Option<WalCursor>,
     /// After a failed resync (destination unreachable), when to try again, and the wait.
     resync_after: Option<(Instant, Duration)>,
     cursor: Option<WalCursor>,
@@ -196,6 +199,7 @@ impl Replicator {
             protected: false,
             needs_snapshot: false,
             resync_after: None,
+            checkpointed_at: None,
             cursor: None,
             read_began: jiff::Timestamp::now(),
             page_size,
@@ -445,7 +449,9 @@ impl Replicator {
             return Err(e);
         }
         let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
-        if snapshot_due || self.frames_in_cycle() >= self.options.checkpoint_frames {
+        let wal_is_long = self.frames_in_cycle() >= self.options.checkpoint_frames
+            && self.checkpointed_at != self.cursor;
+        if snapshot_due || wal_is_long {
             self.checkpoint(snapshot_due)?;
         }
         Ok(())
@@ -545,6 +551,7 @@ impl Replicator {
         let outcome = self.checkpoint_locked();
         self.release_write_lock();
         outcome?;
+        self.checkpointed_at = self.cursor;
         self.status.checkpoints += 1;
         if then_snapshot {
             self.take_snapshot()?;
