@@ -268,7 +268,14 @@ fn kill_9_of_the_replicator_loses_no_shipped_row_and_it_resumes() {
     let mut shipped_before = Vec::new();
     for round in 0..3 {
         let mut replicator = spawn_replicator();
-        std::thread::sleep(Duration::from_millis(700 + 300 * round));
+        // The first replicator must have stored its base snapshot (slow on a loaded machine)
+        // before the kill means anything.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::fs::read_dir(setup.repo_path().join("snapshots")).map_or(0, |d| d.count()) == 0 {
+            assert!(Instant::now() < deadline, "no snapshot was stored");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(500 + 300 * round));
         replicator.kill().unwrap();
         replicator.wait().unwrap();
         // What was shipped before the kill restores, and later restores keep all of it.
