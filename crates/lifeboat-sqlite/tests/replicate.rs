@@ -628,3 +628,58 @@ fn follow_keeps_a_read_only_replica_current() {
     assert!(state.segments > 0, "{state:?}");
     assert_eq!(rows(&replica), rows(&setup.db()));
 }
+
+#[test]
+fn segment_retention_keeps_every_moment_of_the_window_restorable() {
+    let setup = Setup::new();
+    let app = Connection::open(setup.db()).unwrap();
+    app.query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let mut replicator = Replicator::open(&setup.db(), setup.repo(), options()).unwrap();
+    let write = |n: i64| {
+        for i in 0..n {
+            app.execute(
+                "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+                [now_micros() + i],
+            )
+            .unwrap();
+        }
+    };
+    write(10);
+    replicator.tick().unwrap();
+    write(10);
+    replicator.tick().unwrap();
+    // A second snapshot; the window starts after it.
+    replicator.snapshot_now().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let window_start = jiff::Timestamp::now();
+    write(10);
+    replicator.tick().unwrap();
+    drop(replicator);
+
+    let repo = setup.repo();
+    let snapshots = lifeboat_sqlite::catalog::database_snapshots(&repo, None).unwrap();
+    assert_eq!(snapshots.len(), 2);
+    let stream = snapshots[0].state.stream.clone();
+    let plan = lifeboat_sqlite::retention::plan_segments(&repo, &stream, &snapshots, window_start)
+        .unwrap();
+    assert_eq!(plan.delete.len(), 2, "{plan:?}");
+    assert_eq!(plan.keep, 1, "{plan:?}");
+    lifeboat_sqlite::retention::apply_segments(&repo, &plan).unwrap();
+    // Every moment from the window's start on still restores; the latest has everything.
+    let (path, _) = setup
+        .restore("window.db", RestorePoint::Time(window_start))
+        .unwrap();
+    assert_eq!(rows(&path).len(), 20);
+    let (path, _) = setup.restore("latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+    // A window reaching before everything deletes nothing more.
+    let plan = lifeboat_sqlite::retention::plan_segments(
+        &repo,
+        &stream,
+        &snapshots,
+        jiff::Timestamp::UNIX_EPOCH,
+    )
+    .unwrap();
+    assert!(plan.delete.is_empty(), "{plan:?}");
+}
