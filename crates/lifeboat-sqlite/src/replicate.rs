@@ -115,6 +115,8 @@ pub struct ReplicationStatus {
     pub last_error: Option<String>,
 }
 
+type BackgroundSnapshot = std::thread::JoinHandle<(IndexedRepository, SnapshotState, Result<Id>)>;
+
 /// Replicates one database into one repository.
 pub struct Replicator {
     db_path: PathBuf,
@@ -128,6 +130,9 @@ pub struct Replicator {
     /// A new generation was started and its snapshot is not stored yet: nothing may be
     /// shipped, and the read transaction may not be renewed, until it is.
     needs_snapshot: bool,
+    /// A periodic snapshot being copied and stored on its own connection and thread, so that
+    /// shipping goes on meanwhile. It returns its view of the index.
+    background: Option<BackgroundSnapshot>,
     /// The cursor at the last checkpoint: until the WAL moves on, another one would do nothing
     /// but take the write lock again.
     checkpointed_at: Option<WalCursor>,
@@ -200,6 +205,7 @@ impl Replicator {
             needs_snapshot: false,
             resync_after: None,
             checkpointed_at: None,
+            background: None,
             cursor: None,
             read_began: jiff::Timestamp::now(),
             page_size,
@@ -441,6 +447,7 @@ impl Replicator {
             return Err(e);
         }
         self.resync_after = None;
+        self.collect_background_snapshot(false);
         if let Some(since) = self.waiting_since {
             self.status.lag_seconds = since.elapsed().as_secs_f64();
         }
@@ -448,7 +455,8 @@ impl Replicator {
             self.bound_the_wal();
             return Err(e);
         }
-        let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
+        let snapshot_due = self.background.is_none()
+            && self.last_snapshot.elapsed() >= self.options.snapshot_interval;
         let wal_is_long = self.frames_in_cycle() >= self.options.checkpoint_frames
             && self.checkpointed_at != self.cursor;
         if snapshot_due || wal_is_long {
@@ -548,13 +556,37 @@ impl Replicator {
             }
             Err(e) => return Err(Error::sqlite("take the write lock of", &self.db_path, e)),
         }
-        let outcome = self.checkpoint_locked();
+        let outcome = self.checkpoint_locked().and_then(|()| {
+            if then_snapshot && self.background.is_none() {
+                // Its own read transaction, begun under the write lock with everything
+                // shipped: it shows exactly the current position.
+                let conn = open_connection(&self.db_path, Duration::from_secs(10))?;
+                conn.execute_batch("BEGIN")
+                    .and_then(|()| {
+                        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                    })
+                    .map_err(|e| Error::sqlite("begin a snapshot read on", &self.db_path, e))?;
+                Ok(Some((conn, self.snapshot_state(jiff::Timestamp::now()))))
+            } else {
+                Ok(None)
+            }
+        });
         self.release_write_lock();
-        outcome?;
+        let snapshot = outcome?;
         self.checkpointed_at = self.cursor;
         self.status.checkpoints += 1;
-        if then_snapshot {
-            self.take_snapshot()?;
+        if let Some((conn, state)) = snapshot {
+            let mut repo = self.repo.clone();
+            let db_path = self.db_path.clone();
+            let options = self.options.clone();
+            self.background = Some(std::thread::spawn(move || {
+                let result = store_snapshot(&conn, &state, &mut repo, &db_path, &options);
+                (repo, state, result)
+            }));
+            // Not due again until this one is collected.
+            self.last_snapshot = Instant::now();
         }
         Ok(true)
     }
@@ -574,28 +606,22 @@ impl Replicator {
     /// Copies the database as our read transaction sees it (exactly the shipped position) and
     /// stores it as a snapshot.
     fn take_snapshot(&mut self) -> Result<Id> {
-        let spool = self
-            .options
-            .spool_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        let copy = tempfile::Builder::new()
-            .prefix(".lifeboat-sqlite-snapshot-")
-            .tempfile_in(&spool)
-            .map_err(|e| Error::io("create a snapshot copy in", &spool, e))?;
         // The copy shows the database as of the start of our read transaction (begun under the
         // write lock, with everything shipped): that is the moment it restores.
-        let captured = self.read_began;
-        {
-            let mut target = Connection::open(copy.path())
-                .map_err(|e| Error::sqlite("open the snapshot copy", copy.path(), e))?;
-            let backup = rusqlite::backup::Backup::new(&self.read, &mut target)
-                .map_err(|e| Error::sqlite("start the snapshot copy of", &self.db_path, e))?;
-            backup
-                .run_to_completion(1024, Duration::ZERO, None)
-                .map_err(|e| Error::sqlite("copy", &self.db_path, e))?;
-        }
-        let state = SnapshotState {
+        let state = self.snapshot_state(self.read_began);
+        let id = store_snapshot(
+            &self.read,
+            &state,
+            &mut self.repo,
+            &self.db_path,
+            &self.options,
+        )?;
+        self.snapshot_stored(&state);
+        Ok(id)
+    }
+
+    fn snapshot_state(&self, captured: jiff::Timestamp) -> SnapshotState {
+        SnapshotState {
             format: catalog::STATE_FORMAT,
             database: self.status.database.clone(),
             stream: self.status.stream.clone(),
@@ -604,46 +630,54 @@ impl Replicator {
             captured,
             wal: self.cursor,
             page_size: self.page_size,
-        };
-        let name = self
-            .db_path
-            .file_name()
-            .map_or_else(|| "database".into(), |n| n.to_string_lossy().into_owned());
-        let file = std::fs::File::open(copy.path())
-            .map_err(|e| Error::io("read the snapshot copy", copy.path(), e))?;
-        let options = BackupOptions {
-            hostname: self.options.hostname.clone(),
-            username: self.options.username.clone(),
-            tags: self.options.tags.clone(),
-            source: SourceKind::Sqlite,
-            source_state: Some(serde_json::to_value(&state).expect("state serialises")),
-            ..Default::default()
-        };
-        let outcome = lifeboat_files::backup_stream(
-            &mut self.repo,
-            std::io::BufReader::with_capacity(1 << 20, file),
-            &name,
-            &options,
-            &BackupProgress::default(),
-        )?;
-        tracing::info!(
-            database = %self.status.database,
-            snapshot = %outcome.snapshot_id.short(),
-            generation = %self.status.generation,
-            position = self.status.position,
-            "snapshot stored"
-        );
+        }
+    }
+
+    fn snapshot_stored(&mut self, state: &SnapshotState) {
         self.last_snapshot = Instant::now();
         self.status.snapshots_taken += 1;
-        self.status.last_snapshot_time = Some(captured);
-        Ok(outcome.snapshot_id)
+        self.status.last_snapshot_time = Some(state.captured);
+    }
+
+    /// Collects a finished background snapshot (waiting for it if `wait`).
+    fn collect_background_snapshot(&mut self, wait: bool) {
+        let finished = self.background.as_ref().is_some_and(|h| h.is_finished());
+        if !(finished || wait) {
+            return;
+        }
+        let Some(handle) = self.background.take() else {
+            return;
+        };
+        match handle.join() {
+            Ok((repo, state, Ok(_))) => {
+                // Its view of the index knows the blobs it stored: keep it, so the next
+                // snapshot deduplicates against this one.
+                self.repo = repo;
+                self.snapshot_stored(&state);
+            }
+            Ok((_, _, Err(e))) => {
+                tracing::warn!(database = %self.status.database, "snapshot: {e}");
+                self.status.last_error = Some(format!("snapshot: {e}"));
+                // Try again at the next interval rather than at every round.
+                self.last_snapshot = Instant::now();
+            }
+            Err(_) => {
+                self.status.last_error = Some("the snapshot thread panicked".to_string());
+                self.last_snapshot = Instant::now();
+            }
+        }
     }
 
     /// Takes a snapshot now (after a checkpoint, so it starts a short WAL).
     pub fn snapshot_now(&mut self) -> Result<()> {
-        if !self.checkpoint(true)? {
-            self.take_snapshot()?;
-        }
+        self.collect_background_snapshot(true);
+        self.acquire_write_lock_patiently()?;
+        let outcome = self.checkpoint_locked();
+        self.release_write_lock();
+        outcome?;
+        self.checkpointed_at = self.cursor;
+        self.status.checkpoints += 1;
+        self.take_snapshot()?;
         Ok(())
     }
 
@@ -665,6 +699,61 @@ impl Replicator {
             tracing::warn!(database = %self.status.database, "final shipping: {e}");
             self.status.last_error = Some(e.to_string());
         }
+        // A snapshot in progress is finished, not abandoned.
+        self.collect_background_snapshot(true);
         on_tick(&self.status);
     }
+}
+
+/// Copies the database as `conn`'s read transaction sees it (through SQLite's backup API, page
+/// for page, into a temporary file) and stores the copy as a snapshot recording `state`.
+fn store_snapshot(
+    conn: &Connection,
+    state: &SnapshotState,
+    repo: &mut IndexedRepository,
+    db_path: &Path,
+    options: &ReplicateOptions,
+) -> Result<Id> {
+    let spool = options.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let copy = tempfile::Builder::new()
+        .prefix(".lifeboat-sqlite-snapshot-")
+        .tempfile_in(&spool)
+        .map_err(|e| Error::io("create a snapshot copy in", &spool, e))?;
+    {
+        let mut target = Connection::open(copy.path())
+            .map_err(|e| Error::sqlite("open the snapshot copy", copy.path(), e))?;
+        let backup = rusqlite::backup::Backup::new(conn, &mut target)
+            .map_err(|e| Error::sqlite("start the snapshot copy of", db_path, e))?;
+        backup
+            .run_to_completion(1024, Duration::ZERO, None)
+            .map_err(|e| Error::sqlite("copy", db_path, e))?;
+    }
+    let name = db_path
+        .file_name()
+        .map_or_else(|| "database".into(), |n| n.to_string_lossy().into_owned());
+    let file = std::fs::File::open(copy.path())
+        .map_err(|e| Error::io("read the snapshot copy", copy.path(), e))?;
+    let backup_options = BackupOptions {
+        hostname: options.hostname.clone(),
+        username: options.username.clone(),
+        tags: options.tags.clone(),
+        source: SourceKind::Sqlite,
+        source_state: Some(serde_json::to_value(state).expect("state serialises")),
+        ..Default::default()
+    };
+    let outcome = lifeboat_files::backup_stream(
+        repo,
+        std::io::BufReader::with_capacity(1 << 20, file),
+        &name,
+        &backup_options,
+        &BackupProgress::default(),
+    )?;
+    tracing::info!(
+        database = %state.database,
+        snapshot = %outcome.snapshot_id.short(),
+        generation = %state.generation,
+        position = state.position,
+        "snapshot stored"
+    );
+    Ok(outcome.snapshot_id)
 }
