@@ -10,6 +10,7 @@ mod config;
 mod password;
 mod pg;
 mod progress;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -129,6 +130,9 @@ enum Command {
     /// PostgreSQL: WAL archive, base backups, point-in-time restore (docs/postgres.md).
     #[command(subcommand)]
     Pg(pg::PgCommand),
+    /// SQLite databases: continuous replication, point-in-time restore, status.
+    #[command(subcommand)]
+    Sqlite(sqlite::SqliteCommand),
 }
 
 #[derive(Subcommand)]
@@ -734,6 +738,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Diff(args) => browse::diff(global, &args),
         Command::Stats(args) => browse::stats(global, &args),
         Command::Pg(command) => pg::run(global, &command),
+        Command::Sqlite(command) => sqlite::run(global, &command),
     }
 }
 

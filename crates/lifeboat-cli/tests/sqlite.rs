@@ -1,0 +1,231 @@
+//! `lifeboat sqlite replicate|restore|status|forget-segments` end to end, on a real database.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use rusqlite::Connection;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(env.path("password"), "a long test password\n").unwrap();
+        let conn = Connection::open(env.db()).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+            .unwrap();
+        let out = env
+            .cmd()
+            .args(["init", "--insecure-kdf-for-tests", "--pack-size-mib", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path("app.db")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::cargo_bin("lifeboat").unwrap();
+        cmd.env("LIFEBOAT_REPOSITORY", self.path("repo"))
+            .env("LIFEBOAT_PASSWORD_FILE", self.path("password"))
+            .env_remove("LIFEBOAT_PASSWORD_COMMAND")
+            .env("XDG_CONFIG_HOME", self.path("config-home"))
+            .env_remove("LIFEBOAT_CONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd().arg("--json").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Kills the child when a test fails, so a leaked replicator does not keep the runner waiting.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn notes(db: &Path) -> Vec<(i64, String)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, body FROM notes ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn replicate_status_restore_and_refusals() {
+    let env = Env::new();
+    let app = Connection::open(env.db()).unwrap();
+    app.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut replicate = KillOnDrop(
+        env.cmd()
+            .args(["sqlite", "replicate", "--interval", "100ms"])
+            .arg(env.db())
+            .arg("--status-file")
+            .arg(env.path("status-{database}.json"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Once the status file exists, the replicator has its base snapshot: the rows below then
+    // travel as journal segments.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !env.path("status-app.db.json").exists() {
+        assert!(Instant::now() < deadline, "the replicator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..50 {
+        app.execute(
+            "INSERT INTO notes (body) VALUES (?1)",
+            [format!("note {i}")],
+        )
+        .unwrap();
+    }
+    // Wait until the repository holds every committed transaction.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = env.json(&["sqlite", "status"]);
+        let db = &status[0];
+        if db["lag"]["bytes"] == 0 && db["segments"].as_u64() > Some(0) {
+            assert_eq!(
+                db["database"],
+                env.db().canonicalize().unwrap().to_str().unwrap()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replication did not catch up: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let file_status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("status-app.db.json")).unwrap()).unwrap();
+    assert!(
+        file_status["segments_shipped"].as_u64() > Some(0),
+        "{file_status}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &replicate.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(replicate.0.wait().unwrap().success());
+
+    let restored = env.path("restored.db");
+    let outcome = env.json(&[
+        "sqlite",
+        "restore",
+        env.db().to_str().unwrap(),
+        "--latest",
+        "--to",
+        restored.to_str().unwrap(),
+    ]);
+    assert_eq!(notes(&restored), notes(&env.db()), "{outcome}");
+    assert_eq!(notes(&restored).len(), 50);
+
+    // An existing file is never overwritten.
+    let out = env
+        .cmd()
+        .args(["sqlite", "restore"])
+        .arg(env.db())
+        .arg("--to")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    // The wrong password restores nothing and says so.
+    std::fs::write(env.path("wrong"), "not the password\n").unwrap();
+    let out = env
+        .cmd()
+        .env("LIFEBOAT_PASSWORD_FILE", env.path("wrong"))
+        .args(["sqlite", "restore"])
+        .arg(env.db())
+        .arg("--to")
+        .arg(env.path("other.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("password"), "{stderr}");
+    assert!(!env.path("other.db").exists());
+
+    // A time before anything was captured is refused with the earliest restorable moment.
+    let out = env
+        .cmd()
+        .args(["sqlite", "restore"])
+        .arg(env.db())
+        .args(["--time", "2000-01-01T00:00:00Z", "--to"])
+        .arg(env.path("old.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("earliest restorable moment"));
+
+    // Segment retention with a window reaching before everything keeps all of them.
+    let plans = env.json(&[
+        "sqlite",
+        "forget-segments",
+        "--keep-within",
+        "1d",
+        "--dry-run",
+    ]);
+    assert_eq!(plans[0]["delete"].as_array().unwrap().len(), 0, "{plans}");
+}
+
+#[test]
+fn replicate_refuses_a_database_not_in_wal_mode() {
+    let env = Env::new();
+    let plain = env.path("plain.db");
+    Connection::open(&plain)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let out = env
+        .cmd()
+        .args(["sqlite", "replicate"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("journal_mode=WAL"));
+}

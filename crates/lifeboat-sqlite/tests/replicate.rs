@@ -1,0 +1,687 @@
+//! Replication and restore against real SQLite files written by another process.
+//!
+//! The writer (and, for the kill -9 test, the replicator) run as child processes: this test
+//! binary started again on a helper test (`writer_process`, `replicator_process`) that does its
+//! work only when its environment variable is set. Writers stamp each row with the time of its
+//! commit, so a restore to time T can be checked against the rows themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lifeboat_repo::{InitOptions, KdfParams, Repository};
+use lifeboat_sqlite::{ReplicateOptions, Replicator, RestorePoint, Selector, restore};
+use lifeboat_storage::Storage;
+use rusqlite::Connection;
+
+const PASSWORD: &[u8] = b"a test password";
+
+fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+/// Helper process: commits rows with their own timestamps (run by [`spawn_writer`]).
+#[test]
+fn writer_process() {
+    let Ok(path) = std::env::var("LIFEBOAT_TEST_SQLITE_WRITER") else {
+        return;
+    };
+    let rows: u64 = std::env::var("LIFEBOAT_TEST_ROWS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pause: u64 = std::env::var("LIFEBOAT_TEST_PAUSE_MS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let payload: usize = std::env::var("LIFEBOAT_TEST_PAYLOAD")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    for _ in 0..rows {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        conn.execute(
+            "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(?2))",
+            rusqlite::params![now_micros(), payload],
+        )
+        .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+}
+
+/// Helper process: replicates a database until killed (run by the kill -9 test).
+#[test]
+fn replicator_process() {
+    let Ok(db) = std::env::var("LIFEBOAT_TEST_SQLITE_REPLICATE") else {
+        return;
+    };
+    let repo_path = std::env::var("LIFEBOAT_TEST_SQLITE_REPO").unwrap();
+    let repo = Repository::open(Storage::local(Path::new(&repo_path)).unwrap(), PASSWORD)
+        .unwrap()
+        .load_index()
+        .unwrap();
+    let mut replicator = Replicator::open(Path::new(&db), repo, options()).unwrap();
+    replicator.run(&AtomicBool::new(false), |_| {});
+}
+
+fn spawn_writer(db: &Path, rows: u64, pause_ms: u64, payload: usize) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["writer_process", "--exact", "--nocapture"])
+        .env("LIFEBOAT_TEST_SQLITE_WRITER", db)
+        .env("LIFEBOAT_TEST_ROWS", rows.to_string())
+        .env("LIFEBOAT_TEST_PAUSE_MS", pause_ms.to_string())
+        .env("LIFEBOAT_TEST_PAYLOAD", payload.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut child: Child) {
+    let status = child.wait().unwrap();
+    assert!(status.success(), "child process failed: {status}");
+}
+
+fn options() -> ReplicateOptions {
+    ReplicateOptions {
+        interval: Duration::from_millis(100),
+        snapshot_interval: Duration::from_secs(2),
+        // Small, so that checkpoints and WAL restarts happen many times in each test.
+        checkpoint_frames: 40,
+        ..Default::default()
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let setup = Setup {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let conn = Connection::open(setup.db()).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch(
+            "CREATE TABLE rows (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, payload BLOB)",
+        )
+        .unwrap();
+        let options = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            pack_size: 1 << 20,
+            ..Default::default()
+        };
+        Repository::init(
+            Storage::create(setup.repo_path().to_str().unwrap()).unwrap(),
+            PASSWORD,
+            &options,
+        )
+        .unwrap();
+        setup
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("app.db")
+    }
+
+    fn repo_path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    fn repo(&self) -> lifeboat_repo::IndexedRepository {
+        Repository::open(Storage::local(&self.repo_path()).unwrap(), PASSWORD)
+            .unwrap()
+            .load_index()
+            .unwrap()
+    }
+
+    /// Starts a replicator thread; the returned guard stops it (shipping the rest) on `stop`.
+    fn replicate(&self, options: ReplicateOptions) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut replicator = Replicator::open(&self.db(), self.repo(), options).unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            replicator.run(&flag, |_| {});
+            replicator.status().clone()
+        });
+        Running { stop, thread }
+    }
+
+    fn restore(
+        &self,
+        name: &str,
+        point: RestorePoint,
+    ) -> lifeboat_sqlite::Result<(PathBuf, lifeboat_sqlite::RestoreOutcome)> {
+        let target = self.dir.path().join(name);
+        let outcome = restore(&self.repo(), &Selector::path(&self.db()), &target, point)?;
+        Ok((target, outcome))
+    }
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<lifeboat_sqlite::ReplicationStatus>,
+}
+
+impl Running {
+    fn stop(self) -> lifeboat_sqlite::ReplicationStatus {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// (id, ts, payload hash) of every row, in id order.
+fn rows(db: &Path) -> Vec<(i64, i64, String)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, ts, hex(payload) FROM rows ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?)))
+        .unwrap()
+        .map(|r| {
+            let (id, ts, payload) = r.unwrap();
+            (
+                id,
+                ts,
+                blake3::hash(payload.as_bytes()).to_hex().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn restores_at_several_times_hold_exactly_the_rows_committed_by_then() {
+    let setup = Setup::new();
+    let running = setup.replicate(options());
+    wait_ok(spawn_writer(&setup.db(), 400, 15, 300));
+    let status = running.stop();
+    assert!(status.checkpoints > 0, "{status:?}");
+    // The base snapshot and periodic ones (taken on their own thread while shipping goes on):
+    // the restores below start from them.
+    assert!(status.snapshots_taken >= 2, "{status:?}");
+    let source = rows(&setup.db());
+    assert_eq!(source.len(), 400);
+
+    let (latest, outcome) = setup.restore("latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&latest), source, "{outcome:?}");
+
+    // Times inside the run: each restore holds a prefix of the rows, none committed after T,
+    // and every row committed more than the sync interval (0.1 s, plus generous slack for a
+    // loaded machine) before T.
+    let slack = 3_000_000;
+    for (i, index) in [40usize, 150, 260, 399].into_iter().enumerate() {
+        let t_micros = source[index].1 + 5_000;
+        let t = jiff::Timestamp::from_microsecond(t_micros).unwrap();
+        let (path, outcome) = setup
+            .restore(&format!("at-{i}.db"), RestorePoint::Time(t))
+            .unwrap();
+        let restored = rows(&path);
+        assert_eq!(restored[..], source[..restored.len()], "a prefix");
+        assert!(restored.iter().all(|r| r.1 <= t_micros), "no row after T");
+        let due = source.iter().filter(|r| r.1 <= t_micros - slack).count();
+        assert!(
+            restored.len() >= due,
+            "restore to {t} has {} rows, but {due} were committed more than 3 s before: {outcome:?}",
+            restored.len()
+        );
+        assert!(outcome.captured <= t);
+    }
+
+    // Before the first snapshot nothing can be restored, and the error says from when.
+    let before = jiff::Timestamp::from_microsecond(source[0].1 - 60_000_000).unwrap();
+    let error = setup
+        .restore("too-early.db", RestorePoint::Time(before))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("earliest restorable moment"), "{error}");
+
+    // An existing target is never overwritten.
+    let error = setup
+        .restore("latest.db", RestorePoint::Latest)
+        .unwrap_err();
+    assert!(
+        matches!(error, lifeboat_sqlite::Error::TargetExists(_)),
+        "{error}"
+    );
+    assert_eq!(rows(&latest), source);
+}
+
+#[test]
+fn kill_9_of_the_replicator_loses_no_shipped_row_and_it_resumes() {
+    let setup = Setup::new();
+    let writer = spawn_writer(&setup.db(), 600, 5, 200);
+    let spawn_replicator = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["replicator_process", "--exact", "--nocapture"])
+            .env("LIFEBOAT_TEST_SQLITE_REPLICATE", setup.db())
+            .env("LIFEBOAT_TEST_SQLITE_REPO", setup.repo_path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut shipped_before = Vec::new();
+    for round in 0..3 {
+        let mut replicator = spawn_replicator();
+        // The first replicator must have stored its base snapshot (slow on a loaded machine)
+        // before the kill means anything.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::fs::read_dir(setup.repo_path().join("snapshots")).map_or(0, |d| d.count()) == 0 {
+            assert!(Instant::now() < deadline, "no snapshot was stored");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(500 + 300 * round));
+        replicator.kill().unwrap();
+        replicator.wait().unwrap();
+        // What was shipped before the kill restores, and later restores keep all of it.
+        let (path, _) = setup
+            .restore(&format!("after-kill-{round}.db"), RestorePoint::Latest)
+            .unwrap();
+        let restored = rows(&path);
+        assert!(restored.len() >= shipped_before.len());
+        assert_eq!(restored[..shipped_before.len()], shipped_before[..]);
+        shipped_before = restored;
+    }
+    wait_ok(writer);
+    // The last replicator catches up with everything and stops cleanly.
+    let status = setup.replicate(options()).stop();
+    let (path, _) = setup.restore("final.db", RestorePoint::Latest).unwrap();
+    let restored = rows(&path);
+    assert_eq!(restored, rows(&setup.db()), "{status:?}");
+    assert_eq!(restored.len(), 600);
+    assert_eq!(restored[..shipped_before.len()], shipped_before[..]);
+}
+
+#[test]
+fn a_truncate_checkpoint_by_another_connection_is_detected_and_handled() {
+    let setup = Setup::new();
+    // While the replicator runs, TRUNCATE checkpoints by another connection either wait for
+    // its read transaction (and fail busy) or happen exactly where everything was shipped.
+    let running = setup.replicate(options());
+    let writer = spawn_writer(&setup.db(), 300, 5, 200);
+    let other = Connection::open(setup.db()).unwrap();
+    other.busy_timeout(Duration::from_millis(50)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut truncated = 0;
+    while Instant::now() < deadline {
+        if let Ok((0, _, _)) = other.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        }) {
+            truncated += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        if std::fs::metadata(setup.db()).is_ok() && rows(&setup.db()).len() >= 300 {
+            break;
+        }
+    }
+    wait_ok(writer);
+    let status = running.stop();
+    eprintln!("TRUNCATE checkpoints that went through while replicating: {truncated}");
+    assert_eq!(status.generations_started, 1, "{status:?}");
+    let (path, _) = setup.restore("running.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+
+    // With the replicator stopped, another connection's TRUNCATE resets the WAL: the next
+    // replicator notices that the log no longer continues its journal and starts a new
+    // generation with a fresh snapshot.
+    wait_ok(spawn_writer(&setup.db(), 50, 1, 100));
+    let (busy, _, _): (i64, i64, i64) = other
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(busy, 0);
+    assert_eq!(
+        std::fs::metadata(setup.db().with_extension("db-wal"))
+            .unwrap()
+            .len(),
+        0
+    );
+    wait_ok(spawn_writer(&setup.db(), 50, 1, 100));
+    let status = setup.replicate(options()).stop();
+    assert_eq!(
+        status.generations_started, 1,
+        "a new generation: {status:?}"
+    );
+    let (path, _) = setup
+        .restore("after-truncate.db", RestorePoint::Latest)
+        .unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+    assert_eq!(rows(&path).len(), 400);
+}
+
+#[test]
+fn resume_after_a_clean_stop_continues_the_same_generation() {
+    let setup = Setup::new();
+    // The application keeps its database open (else SQLite deletes the WAL when the last
+    // connection closes, and the next replicator must start a new generation).
+    let app = Connection::open(setup.db()).unwrap();
+    app.query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    wait_ok(spawn_writer(&setup.db(), 30, 0, 100));
+    let first = setup.replicate(options()).stop();
+    assert_eq!(first.generations_started, 1);
+    wait_ok(spawn_writer(&setup.db(), 30, 0, 100));
+    let second = setup.replicate(options()).stop();
+    assert_eq!(second.generations_started, 0, "{second:?}");
+    assert_eq!(second.generation, first.generation);
+    let (path, _) = setup.restore("r.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+}
+
+#[test]
+fn a_corrupt_segment_is_named_and_earlier_moments_still_restore() {
+    let setup = Setup::new();
+    let running = setup.replicate(ReplicateOptions {
+        snapshot_interval: Duration::from_secs(3600),
+        ..options()
+    });
+    wait_ok(spawn_writer(&setup.db(), 200, 5, 100));
+    running.stop();
+    let streams = std::fs::read_dir(setup.repo_path().join("streams")).unwrap();
+    let stream_dir = streams.map(|e| e.unwrap().path()).next().unwrap();
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&stream_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 4, "{segments:?}");
+    let victim = &segments[segments.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+
+    let error = setup
+        .restore("latest.db", RestorePoint::Latest)
+        .unwrap_err()
+        .to_string();
+    let victim_name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(error.contains(victim_name), "{error}");
+    assert!(error.contains("can be restored up to"), "{error}");
+    assert!(!setup.dir.path().join("latest.db").exists());
+    // The moment the error names restores.
+    let time: jiff::Timestamp = error
+        .split("--time ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (path, outcome) = setup
+        .restore("earlier.db", RestorePoint::Time(time))
+        .unwrap();
+    assert!(outcome.segments > 0);
+    let restored = rows(&path);
+    assert_eq!(restored[..], rows(&setup.db())[..restored.len()]);
+}
+
+#[test]
+fn a_database_not_in_wal_mode_is_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("plain.db");
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let repo_path = dir.path().join("repo");
+    let options = InitOptions {
+        kdf: KdfParams::insecure_for_tests(),
+        ..Default::default()
+    };
+    let repo = Repository::init(
+        Storage::create(repo_path.to_str().unwrap()).unwrap(),
+        PASSWORD,
+        &options,
+    )
+    .unwrap()
+    .load_index()
+    .unwrap();
+    let error = Replicator::open(&db, repo, ReplicateOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("journal_mode=WAL"), "{error}");
+}
+
+/// A database of tens of MiB (1 GiB with `LIFEBOAT_TEST_SQLITE_LARGE=1`): snapshot, a second
+/// snapshot that deduplicates against the first, and a restore that matches bit for bit.
+#[test]
+fn a_large_database_snapshots_and_restores() {
+    let large = std::env::var_os("LIFEBOAT_TEST_SQLITE_LARGE").is_some();
+    let setup = Setup::new();
+    let rows_wanted: i64 = if large { 256 * 1024 } else { 6 * 1024 };
+    {
+        let conn = Connection::open(setup.db()).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        let mut stmt = conn
+            .prepare("INSERT INTO rows (ts, payload) VALUES (?1, randomblob(4000))")
+            .unwrap();
+        for i in 0..rows_wanted {
+            stmt.execute([i]).unwrap();
+        }
+        drop(stmt);
+        conn.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut replicator = Replicator::open(&setup.db(), setup.repo(), options()).unwrap();
+    let first_snapshot = started.elapsed();
+    Connection::open(setup.db())
+        .unwrap()
+        .execute_batch(
+            "UPDATE rows SET ts = -ts WHERE id < 20;
+             INSERT INTO rows (ts, payload) SELECT ts, randomblob(4000) FROM rows LIMIT 50;",
+        )
+        .unwrap();
+    replicator.tick().unwrap();
+    let before = dir_size(&setup.repo_path());
+    replicator.snapshot_now().unwrap();
+    let added = dir_size(&setup.repo_path()) - before;
+    let db_size = std::fs::metadata(setup.db()).unwrap().len();
+    drop(replicator);
+    eprintln!(
+        "database {} MiB: first snapshot {:?}, second snapshot added {} KiB",
+        db_size >> 20,
+        first_snapshot,
+        added >> 10
+    );
+    assert!(
+        added < db_size / 4,
+        "the second snapshot deduplicates: {added}"
+    );
+    let started = Instant::now();
+    let (path, outcome) = setup.restore("big.db", RestorePoint::Latest).unwrap();
+    eprintln!("restore took {:?}: {outcome:?}", started.elapsed());
+    assert_eq!(rows(&path), rows(&setup.db()));
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_size(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[test]
+fn an_unreachable_destination_lets_go_of_the_wal_past_the_lag_limit_then_resyncs() {
+    let setup = Setup::new();
+    let running = setup.replicate(ReplicateOptions {
+        max_lag_bytes: Some(64 << 10),
+        ..options()
+    });
+    wait_ok(spawn_writer(&setup.db(), 20, 1, 100));
+    // The destination goes away: a plain file where the repository directory was.
+    let away = setup.dir.path().join("repo-away");
+    std::fs::rename(setup.repo_path(), &away).unwrap();
+    std::fs::write(setup.repo_path(), b"not a directory").unwrap();
+    wait_ok(spawn_writer(&setup.db(), 100, 1, 1000));
+    // Past the limit the replicator stops holding the WAL: another connection's TRUNCATE
+    // checkpoint then goes through, and local disk use falls back.
+    let other = Connection::open(setup.db()).unwrap();
+    other.busy_timeout(Duration::from_millis(100)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (busy, _, _): (i64, i64, i64) = other
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        if busy == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the WAL is still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The destination comes back; more is written; the replicator resyncs with a new
+    // generation, and the latest restore has everything.
+    std::fs::remove_file(setup.repo_path()).unwrap();
+    std::fs::rename(&away, setup.repo_path()).unwrap();
+    wait_ok(spawn_writer(&setup.db(), 20, 1, 100));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok((path, _)) =
+            setup.restore(&format!("probe-{}.db", now_micros()), RestorePoint::Latest)
+            && rows(&path).len() == 140
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicator did not resync");
+    }
+    let status = running.stop();
+    assert_eq!(status.generations_started, 2, "{status:?}");
+    assert!(status.last_error.is_some());
+    let (path, _) = setup.restore("final.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+}
+
+#[test]
+fn follow_keeps_a_read_only_replica_current() {
+    let setup = Setup::new();
+    let running = setup.replicate(options());
+    let replica = setup.dir.path().join("replica.db");
+    let mut follower =
+        lifeboat_sqlite::Follower::start(setup.repo(), Selector::path(&setup.db()), &replica)
+            .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let following = std::thread::spawn(move || {
+        follower.run(Duration::from_millis(100), &flag);
+        follower.state().clone()
+    });
+    let writer = spawn_writer(&setup.db(), 300, 5, 200);
+    // Readers of the replica always see a consistent database that only moves forward.
+    let reader =
+        Connection::open_with_flags(&replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    reader.busy_timeout(Duration::from_secs(30)).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (count, max): (i64, Option<i64>) = reader
+            .query_row("SELECT count(*), max(id) FROM rows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert!(
+            count >= seen,
+            "the replica went back from {seen} to {count} rows"
+        );
+        assert_eq!(Some(count), max.or(Some(0)), "rows are a prefix");
+        seen = count;
+        if count == 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica stopped at {count} rows"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_ok(writer);
+    let check: String = reader
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(reader);
+    stop.store(true, Ordering::Relaxed);
+    let state = following.join().unwrap();
+    running.stop();
+    assert!(state.segments > 0, "{state:?}");
+    assert_eq!(rows(&replica), rows(&setup.db()));
+}
+
+#[test]
+fn segment_retention_keeps_every_moment_of_the_window_restorable() {
+    let setup = Setup::new();
+    let app = Connection::open(setup.db()).unwrap();
+    app.query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let mut replicator = Replicator::open(&setup.db(), setup.repo(), options()).unwrap();
+    let write = |n: i64| {
+        for i in 0..n {
+            app.execute(
+                "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+                [now_micros() + i],
+            )
+            .unwrap();
+        }
+    };
+    write(10);
+    replicator.tick().unwrap();
+    write(10);
+    replicator.tick().unwrap();
+    // A second snapshot; the window starts after it.
+    replicator.snapshot_now().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let window_start = jiff::Timestamp::now();
+    write(10);
+    replicator.tick().unwrap();
+    drop(replicator);
+
+    let repo = setup.repo();
+    let snapshots = lifeboat_sqlite::catalog::database_snapshots(&repo, None).unwrap();
+    assert_eq!(snapshots.len(), 2);
+    let stream = snapshots[0].state.stream.clone();
+    let plan = lifeboat_sqlite::retention::plan_segments(&repo, &stream, &snapshots, window_start)
+        .unwrap();
+    assert_eq!(plan.delete.len(), 2, "{plan:?}");
+    assert_eq!(plan.keep, 1, "{plan:?}");
+    lifeboat_sqlite::retention::apply_segments(&repo, &plan).unwrap();
+    // Every moment from the window's start on still restores; the latest has everything.
+    let (path, _) = setup
+        .restore("window.db", RestorePoint::Time(window_start))
+        .unwrap();
+    assert_eq!(rows(&path).len(), 20);
+    let (path, _) = setup.restore("latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+    // A window reaching before everything deletes nothing more.
+    let plan = lifeboat_sqlite::retention::plan_segments(
+        &repo,
+        &stream,
+        &snapshots,
+        jiff::Timestamp::UNIX_EPOCH,
+    )
+    .unwrap();
+    assert!(plan.delete.is_empty(), "{plan:?}");
+}
