@@ -594,6 +594,7 @@ impl Storage {
             if_not_exists,
             ..Default::default()
         };
+        let new_dirs = self.missing_parent_dirs(key);
         self.inner
             .op
             .write_options(key, data, options)
@@ -602,26 +603,54 @@ impl Storage {
             .counters
             .bytes_written
             .fetch_add(len, Ordering::Relaxed);
-        self.sync_parent_dir(key)
+        self.sync_parent_dirs(key, &new_dirs)
+    }
+
+    /// The directories (local storage only) that a put of `key` will create, deepest first.
+    fn missing_parent_dirs(&self, key: &str) -> Vec<PathBuf> {
+        let Some(root) = &self.inner.local_root else {
+            return Vec::new();
+        };
+        let mut missing = Vec::new();
+        let mut dir = Path::new(key).parent();
+        while let Some(relative) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            let absolute = root.join(relative);
+            if absolute.is_dir() {
+                break;
+            }
+            missing.push(absolute);
+            dir = relative.parent();
+        }
+        missing
     }
 
     /// OpenDAL fsyncs the file before renaming it into place, but not the directory that now
-    /// holds the new name; without this a power cut could forget an object a snapshot refers to.
-    fn sync_parent_dir(&self, key: &str) -> Result<()> {
+    /// holds the new name, nor the parents of directories it created; without this a power cut
+    /// could forget an object a snapshot refers to.
+    fn sync_parent_dirs(&self, key: &str, created: &[PathBuf]) -> Result<()> {
         let Some(root) = &self.inner.local_root else {
             return Ok(());
         };
-        let dir = match key.rsplit_once('/') {
+        let mut dirs = vec![match key.rsplit_once('/') {
             Some((parent, _)) => root.join(parent),
             None => root.clone(),
-        };
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StorageError::Io {
-                operation: "sync directory",
-                path: dir,
-                source,
-            })
+        }];
+        dirs.extend(
+            created
+                .iter()
+                .filter_map(|d| d.parent().map(Path::to_path_buf)),
+        );
+        dirs.dedup();
+        for dir in dirs {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StorageError::Io {
+                    operation: "sync directory",
+                    path: dir,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Reads a whole object.
@@ -727,6 +756,26 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_put_that_creates_directories_knows_which_to_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::local_create(dir.path()).unwrap();
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(
+            storage.missing_parent_dirs("streams/s1/0001"),
+            vec![root.join("streams/s1"), root.join("streams")]
+        );
+        storage
+            .put_new("streams/s1/0001", Bytes::from_static(b"x"))
+            .unwrap();
+        assert!(storage.missing_parent_dirs("streams/s1/0002").is_empty());
+        assert_eq!(
+            storage.missing_parent_dirs("streams/s2/0001"),
+            vec![root.join("streams/s2")]
+        );
+        assert!(storage.missing_parent_dirs("config").is_empty());
+    }
 
     fn roundtrip(storage: &Storage) {
         storage
