@@ -188,6 +188,10 @@ fn concurrent_backups_and_prunes(env: Env, run_for: Duration) {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let backups_done = Arc::new(AtomicUsize::new(0));
+    // A backup that outlives the grace period (only on a badly overloaded machine, with the
+    // 10 s minimum) may fail cleanly, by design: it is refused or cannot read a pack that was
+    // swept, and writes no snapshot. That is no loss of data; count it, allow a few.
+    let backups_refused = Arc::new(AtomicUsize::new(0));
 
     let mut hosts = Vec::new();
     for host in 0..HOSTS {
@@ -195,17 +199,24 @@ fn concurrent_backups_and_prunes(env: Env, run_for: Duration) {
         let source = sources.join(format!("h{host}"));
         let stop = Arc::clone(&stop);
         let done = Arc::clone(&backups_done);
+        let refused = Arc::clone(&backups_refused);
         hosts.push(std::thread::spawn(move || {
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 fill(&source, host, round);
                 let out = backup(&env, &source, &format!("h{host}"), &format!("r{round}"));
-                assert!(
-                    out.status.success(),
-                    "backup of host {host}, round {round}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                done.fetch_add(1, Ordering::Relaxed);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() {
+                    assert!(
+                        stderr.contains("run the backup again")
+                            || stderr.contains("does not exist"),
+                        "backup of host {host}, round {round}: {stderr}"
+                    );
+                    eprintln!("backup of host {host}, round {round} refused: {stderr}");
+                    refused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
                 round += 1;
             }
         }));
@@ -229,9 +240,15 @@ fn concurrent_backups_and_prunes(env: Env, run_for: Duration) {
     for host in hosts {
         host.join().unwrap();
     }
+    let refused = backups_refused.load(Ordering::Relaxed);
     eprintln!(
-        "{} backups, {prunes} prunes, {packs_deleted} packs deleted, {rescued} rescued",
+        "{} backups, {refused} refused, {prunes} prunes, {packs_deleted} packs deleted, \
+         {rescued} rescued",
         backups_done.load(Ordering::Relaxed)
+    );
+    assert!(
+        refused * 10 <= backups_done.load(Ordering::Relaxed),
+        "too many backups refused: {refused}"
     );
     assert!(packs_deleted > 0, "the test must exercise sweeps");
     assert!(backups_done.load(Ordering::Relaxed) >= 3 * HOSTS as usize);
