@@ -9,6 +9,7 @@ mod browse;
 mod config;
 mod password;
 mod progress;
+mod server;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -111,6 +112,14 @@ enum Command {
     Diff(browse::DiffArgs),
     /// Sizes of snapshots: restore size, unique data, deduplication and compression.
     Stats(browse::StatsArgs),
+    /// Run the server: scheduler, HTTPS API, audit log, metrics and alerts (docs/server.md).
+    Serve(server::ServeArgs),
+    /// The server's audit log: verify its hash chain, export it.
+    #[command(subcommand)]
+    Audit(server::AuditCommand),
+    /// Server administration on its state directory (breach response).
+    #[command(subcommand)]
+    Admin(server::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -601,6 +610,9 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Dump(args) => browse::dump(global, &args),
         Command::Diff(args) => browse::diff(global, &args),
         Command::Stats(args) => browse::stats(global, &args),
+        Command::Serve(args) => server::serve(&args),
+        Command::Audit(command) => server::audit(&command, global.json),
+        Command::Admin(command) => server::admin(&command),
     }
 }
 
