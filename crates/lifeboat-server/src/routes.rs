@@ -214,9 +214,21 @@ pub fn table() -> HashMap<(String, String), RouteSpec> {
 
 /// The HTTPS router: the routes, the authorisation layer on each, and request counting.
 pub fn router(app: App) -> Router {
+    build_router(
+        app,
+        routes()
+            .into_iter()
+            .map(|(spec, handler)| (spec.path, handler)),
+    )
+}
+
+fn build_router(
+    app: App,
+    routes: impl IntoIterator<Item = (&'static str, MethodRouter<App>)>,
+) -> Router {
     let mut router = Router::new();
-    for (spec, handler) in routes() {
-        router = router.route(spec.path, handler);
+    for (path, handler) in routes {
+        router = router.route(path, handler);
     }
     router
         .route_layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
@@ -1115,6 +1127,43 @@ async fn runs_get(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A route added to the router without an entry in the table is refused, whoever calls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_missing_from_the_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::ServerConfig::default();
+        config.listen.https = "127.0.0.1:0".parse().unwrap();
+        config.listen.http = None;
+        let server = crate::start(config, dir.path()).await.unwrap();
+        let stray: MethodRouter<App> = get(|| async { "secret" });
+        let mut all: Vec<(&'static str, MethodRouter<App>)> =
+            routes().into_iter().map(|(s, h)| (s.path, h)).collect();
+        all.push(("/stray", stray));
+        let router = build_router(Arc::clone(&server.app), all);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        let response = reqwest::get(format!("http://{addr}/stray")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(!response.text().await.unwrap().contains("secret"));
+        let declared = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(
+            declared.status(),
+            StatusCode::OK,
+            "declared routes still work"
+        );
+        server.shutdown().await;
+    }
 
     #[test]
     fn every_route_is_declared_once_and_tenant_routes_need_more_than_sign_in() {
