@@ -32,6 +32,8 @@ pub enum JobKind {
     Check,
     /// Apply a retention policy ([`ForgetOptions`]).
     Forget,
+    /// Copy snapshots to a second repository of the tenant ([`CopyJobOptions`]).
+    Copy,
 }
 
 impl JobKind {
@@ -41,6 +43,7 @@ impl JobKind {
             JobKind::Backup => "backup",
             JobKind::Check => "check",
             JobKind::Forget => "forget",
+            JobKind::Copy => "copy",
         }
     }
 
@@ -50,8 +53,9 @@ impl JobKind {
             "backup" => Ok(JobKind::Backup),
             "check" => Ok(JobKind::Check),
             "forget" => Ok(JobKind::Forget),
+            "copy" => Ok(JobKind::Copy),
             other => Err(Error::Invalid(format!(
-                "unknown job kind {other:?}: use backup, check or forget (prune, copy, sqlite and pg jobs arrive with their features)"
+                "unknown job kind {other:?}: use backup, check, forget or copy (prune, sqlite and pg jobs arrive with their features)"
             ))),
         }
     }
@@ -78,6 +82,15 @@ pub struct CheckOptions {
     /// Percentage of pack data to read and verify (0: structure only).
     #[serde(default)]
     pub read_data_percent: f64,
+}
+
+/// Options of a copy job.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyJobOptions {
+    /// The destination: a repository of the same tenant created with
+    /// `copy_content_keys_from` the job's repository.
+    pub to_repository_id: String,
 }
 
 /// Options of a forget job: how many of each period to keep.
@@ -150,6 +163,9 @@ pub fn validate_options(kind: JobKind, options: &serde_json::Value) -> Result<()
                 ));
             }
         }
+        JobKind::Copy => {
+            serde_json::from_value::<CopyJobOptions>(options.clone()).map_err(bad)?;
+        }
     }
     Ok(())
 }
@@ -186,6 +202,10 @@ pub struct NewRepository {
     /// Initialise a new repository there instead of registering an existing one.
     #[serde(default)]
     pub init: bool,
+    /// With `init`: share content keys with this repository of the tenant (its id), so that
+    /// copy jobs between the two move only missing blobs.
+    #[serde(default)]
+    pub copy_content_keys_from: Option<String>,
     /// Cheap key derivation, for tests only (see `init --insecure-kdf-for-tests`).
     #[serde(default)]
     pub insecure_kdf_for_tests: bool,
@@ -207,14 +227,40 @@ pub async fn create_repository(
     let password = Zeroizing::new(new.password.clone().into_bytes());
     let init = new.init;
     let insecure = new.insecure_kdf_for_tests;
+    let keys_from = match &new.copy_content_keys_from {
+        Some(id) if init => Some(
+            repository_secret(pool, sealer, tenant_id, id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("repository {id}")))?,
+        ),
+        Some(_) => {
+            return Err(Error::Invalid(
+                "copy_content_keys_from needs init: true".into(),
+            ));
+        }
+        None => None,
+    };
     tokio::task::spawn_blocking(move || -> Result<()> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             Error::Invalid(format!("{what} repository at {location}: {e}"))
         };
         if init {
+            let content_keys = match keys_from {
+                Some((from, from_password)) => {
+                    let storage =
+                        Storage::open(&from).map_err(|e| fail("cannot reach the source", &e))?;
+                    let source = Repository::open(storage, &from_password)
+                        .map_err(|e| fail("cannot open the source", &e))?;
+                    Some(source.config().content_keys.clone())
+                }
+                None => None,
+            };
             let storage = Storage::create(&location)
                 .map_err(|e| fail("cannot create storage for the", &e))?;
-            let mut options = InitOptions::default();
+            let mut options = InitOptions {
+                content_keys,
+                ..InitOptions::default()
+            };
             if insecure {
                 options.kdf = KdfParams::insecure_for_tests();
             }
@@ -462,6 +508,17 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
     {
         return Err(Error::NotFound(format!("repository {}", new.repository_id)));
     }
+    if new.kind == JobKind::Copy {
+        let to = copy_destination(&new.options)?;
+        if to == new.repository_id {
+            return Err(Error::Invalid(
+                "a copy job copies to another repository".into(),
+            ));
+        }
+        if get_repository(pool, tenant_id, &to).await?.is_none() {
+            return Err(Error::NotFound(format!("repository {to}")));
+        }
+    }
     let id = new_id();
     let next = crate::scheduler::next_after(&schedule, now_millis());
     sqlx::query("INSERT INTO jobs (id, tenant_id, repository_id, name, kind, schedule, options, max_retries, retry_base_secs, next_run_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
@@ -602,6 +659,16 @@ pub async fn get_run(pool: &Pool, tenant_id: &str, id: &str) -> Result<Option<Ru
     row.as_ref().map(run_from_row).transpose()
 }
 
+/// The destination repository id of a copy job's options.
+pub fn copy_destination(options: &serde_json::Value) -> Result<String> {
+    let o: CopyJobOptions = serde_json::from_value(options.clone())
+        .map_err(|e| Error::Invalid(format!("options of a copy job: {e}")))?;
+    Ok(o.to_repository_id)
+}
+
+/// A repository's location and password, for a run.
+pub type RepositoryAccess = (String, Zeroizing<Vec<u8>>);
+
 /// What a finished run produced.
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
@@ -617,6 +684,7 @@ pub fn execute(
     options: &serde_json::Value,
     location: &str,
     password: &[u8],
+    destination: Option<RepositoryAccess>,
 ) -> std::result::Result<RunOutput, String> {
     let storage = Storage::open(location)
         .map_err(|e| format!("cannot reach the repository at {location}: {e}"))?;
@@ -715,6 +783,39 @@ pub fn execute(
                 log: format!(
                     "kept {}, forgot {removed} snapshot(s)",
                     decisions.len() - removed
+                ),
+            })
+        }
+        JobKind::Copy => {
+            let (to, to_password) =
+                destination.ok_or("the copy job's destination repository no longer exists")?;
+            let source = repo
+                .load_index()
+                .map_err(|e| format!("cannot load the index: {e}"))?;
+            let storage = Storage::open(&to)
+                .map_err(|e| format!("cannot reach the destination at {to}: {e}"))?;
+            let destination = Repository::open(storage, &to_password)
+                .map_err(|e| format!("cannot open the destination at {to}: {e}"))?;
+            let mut destination = destination
+                .load_index()
+                .map_err(|e| format!("cannot load the destination's index: {e}"))?;
+            let snapshots = source.snapshots().map_err(|e| e.to_string())?;
+            let stats = lifeboat_repo::copy_snapshots(
+                &source,
+                &mut destination,
+                &snapshots,
+                &lifeboat_repo::CopyOptions::default(),
+            )
+            .map_err(|e| format!("copy to {to} failed: {e}"))?;
+            Ok(RunOutput {
+                bytes: stats.bytes_copied,
+                log: format!(
+                    "copied {} snapshot(s), skipped {}; {} blobs ({} bytes) moved, {} already there",
+                    stats.copied.len(),
+                    stats.skipped.len(),
+                    stats.blobs_copied,
+                    stats.bytes_copied,
+                    stats.blobs_present
                 ),
             })
         }

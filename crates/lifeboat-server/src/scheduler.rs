@@ -164,24 +164,17 @@ async fn run_with_retries(
             .execute(&app.pool)
             .await?;
         let clock = Instant::now();
-        let result = match jobs::repository_secret(
-            &app.pool,
-            &app.sealer,
-            &job.tenant_id,
-            &job.repository_id,
-        )
-        .await
-        {
-            Ok(Some((location, password))) => {
+        let result = match access(app, job).await {
+            Ok((Some((location, password)), destination)) => {
                 let kind = job.kind;
                 let options = job.options.clone();
                 tokio::task::spawn_blocking(move || {
-                    jobs::execute(kind, &options, &location, &password)
+                    jobs::execute(kind, &options, &location, &password, destination)
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("the run panicked: {e}")))
             }
-            Ok(None) => Err("the job's repository no longer exists".to_owned()),
+            Ok((None, _)) => Err("the job's repository no longer exists".to_owned()),
             Err(e) => Err(e.to_string()),
         };
         let duration = clock.elapsed();
@@ -257,6 +250,26 @@ async fn run_with_retries(
         }
     }
     Ok(())
+}
+
+/// The job's repository and, for a copy job, its destination.
+async fn access(
+    app: &AppState,
+    job: &JobInfo,
+) -> Result<(
+    Option<jobs::RepositoryAccess>,
+    Option<jobs::RepositoryAccess>,
+)> {
+    let source =
+        jobs::repository_secret(&app.pool, &app.sealer, &job.tenant_id, &job.repository_id).await?;
+    let destination = match job.kind {
+        jobs::JobKind::Copy => {
+            let to = jobs::copy_destination(&job.options)?;
+            jobs::repository_secret(&app.pool, &app.sealer, &job.tenant_id, &to).await?
+        }
+        _ => None,
+    };
+    Ok((source, destination))
 }
 
 fn first_line(text: &str) -> &str {

@@ -1212,3 +1212,101 @@ async fn raised_argon2_costs_rehash_at_the_next_login_and_idle_sessions_end() {
     test.login("admin", common::ADMIN_PASSWORD).await;
     test.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_job_copies_snapshots_to_a_second_repository_of_the_tenant_only() {
+    let (mut test, admin) = TestServer::start(test_config()).await;
+    let tenant = test.tenant(&admin, "acme").await;
+    let other_tenant = test.tenant(&admin, "rival").await;
+    let main = test.repository(&admin, &tenant, "main").await;
+    let foreign = test.repository(&admin, &other_tenant, "foreign").await;
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/repositories"),
+            Some(json!({
+                "name": "second-site", "location": test.dir.path().join("second"), "password": "another password",
+                "init": true, "copy_content_keys_from": main, "insecure_kdf_for_tests": true,
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let second = body["id"].as_str().unwrap().to_owned();
+    let source = test.dir.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("f"), "to be copied").unwrap();
+    let backup = test
+        .job(
+            &admin,
+            &tenant,
+            &main,
+            "backup",
+            "0 0 1 1 *",
+            json!({ "paths": [source] }),
+        )
+        .await;
+    let copy_job = |to: &str| json!({ "name": format!("copy-{to}"), "kind": "copy", "repository_id": main, "schedule": "0 0 1 1 *", "options": { "to_repository_id": to } });
+    let (status, _) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(copy_job(&foreign)),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another tenant's repository is not a destination"
+    );
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(copy_job(&second)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let copy = body["id"].as_str().unwrap().to_owned();
+
+    for job in [&backup, &copy] {
+        let (status, _) = test
+            .call(
+                &admin,
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/jobs/{job}/run"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let run = eventually(Duration::from_secs(120), "the run", || async {
+            let (_, runs) = test
+                .call(
+                    &admin,
+                    Method::GET,
+                    &format!("/api/v1/tenants/{tenant}/jobs/{job}/runs"),
+                    None,
+                )
+                .await;
+            runs.as_array()?
+                .first()
+                .filter(|r| r["status"] != "running")
+                .cloned()
+        })
+        .await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let (status, snapshots) = test
+        .call(
+            &admin,
+            Method::GET,
+            &format!("/api/v1/tenants/{tenant}/repositories/{second}/snapshots"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
+    test.stop().await;
+}
