@@ -437,6 +437,10 @@ pub struct JobInfo {
     pub retry_base_secs: i64,
     /// Next scheduled start, ms since the epoch.
     pub next_run_at: Option<i64>,
+    /// Alert when no run succeeded for this many seconds.
+    pub stale_after_secs: Option<i64>,
+    /// Created, ms since the epoch.
+    pub created_at: i64,
 }
 
 /// What creating a job needs.
@@ -460,6 +464,9 @@ pub struct NewJob {
     /// First retry delay in seconds (default 30).
     #[serde(default = "default_retry_base")]
     pub retry_base_secs: i64,
+    /// Alert when no run succeeded for this many seconds (e.g. 93600 for a daily backup).
+    #[serde(default)]
+    pub stale_after_secs: Option<i64>,
 }
 
 fn default_retries() -> i64 {
@@ -469,7 +476,7 @@ fn default_retry_base() -> i64 {
     30
 }
 
-const JOB_COLUMNS: &str = "id, tenant_id, repository_id, name, kind, schedule, options, enabled, max_retries, retry_base_secs, next_run_at";
+const JOB_COLUMNS: &str = "id, tenant_id, repository_id, name, kind, schedule, options, enabled, max_retries, retry_base_secs, next_run_at, stale_after_secs, created_at";
 
 fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobInfo> {
     let kind: String = row.try_get("kind")?;
@@ -487,6 +494,8 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobInfo> {
         max_retries: row.try_get("max_retries")?,
         retry_base_secs: row.try_get("retry_base_secs")?,
         next_run_at: row.try_get("next_run_at")?,
+        stale_after_secs: row.try_get("stale_after_secs")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -498,6 +507,11 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
     if !(0..=10).contains(&new.max_retries) || !(1..=86_400).contains(&new.retry_base_secs) {
         return Err(Error::Invalid(
             "max_retries is 0 to 10 and retry_base_secs 1 to 86400".into(),
+        ));
+    }
+    if new.stale_after_secs.is_some_and(|s| s < 1) {
+        return Err(Error::Invalid(
+            "stale_after_secs is a positive number of seconds".into(),
         ));
     }
     let schedule = parse_schedule(&new.schedule)?;
@@ -521,7 +535,7 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
     }
     let id = new_id();
     let next = crate::scheduler::next_after(&schedule, now_millis());
-    sqlx::query("INSERT INTO jobs (id, tenant_id, repository_id, name, kind, schedule, options, max_retries, retry_base_secs, next_run_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+    sqlx::query("INSERT INTO jobs (id, tenant_id, repository_id, name, kind, schedule, options, max_retries, retry_base_secs, next_run_at, created_at, stale_after_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
         .bind(&id)
         .bind(tenant_id)
         .bind(&new.repository_id)
@@ -533,6 +547,7 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
         .bind(new.retry_base_secs)
         .bind(next)
         .bind(now_millis())
+        .bind(new.stale_after_secs)
         .execute(pool)
         .await
         .map_err(|e| match e {

@@ -82,6 +82,7 @@ pub async fn recover(pool: &Pool) -> Result<u64> {
 
 /// The scheduler loop: checks every second for jobs that are due, until `stop` fires.
 pub async fn run(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -90,7 +91,61 @@ pub async fn run(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool
         if let Err(e) = tick(&app).await {
             tracing::warn!("scheduler: {e}");
         }
+        ticks += 1;
+        if ticks.is_multiple_of(STALE_CHECK_EVERY)
+            && let Err(e) = check_staleness(&app).await
+        {
+            tracing::warn!("stale-backup check: {e}");
+        }
     }
+}
+
+/// Seconds between two evaluations of the stale-job rule.
+const STALE_CHECK_EVERY: u64 = 5;
+
+/// Fires `stale:<job>` for each job with `stale_after_secs` whose last success (or creation,
+/// if it never succeeded) is older than that, and resolves it once a run succeeds.
+async fn check_staleness(app: &AppState) -> Result<()> {
+    let now = now_millis();
+    for job in jobs::all_enabled_jobs(&app.pool).await? {
+        let Some(limit) = job.stale_after_secs else {
+            continue;
+        };
+        let (last,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(finished_at) FROM runs WHERE job_id = $1 AND status = 'succeeded'",
+        )
+        .bind(&job.id)
+        .fetch_one(&app.pool)
+        .await?;
+        let since = last.unwrap_or(job.created_at);
+        let key = format!("stale:{}", job.id);
+        if now - since > limit * 1000 {
+            let message = match last {
+                Some(_) => format!(
+                    "Job {} ({}) has had no successful run for {} s (limit {limit} s).",
+                    job.name,
+                    job.kind.as_str(),
+                    (now - since) / 1000
+                ),
+                None => format!(
+                    "Job {} ({}) has never succeeded in the {limit} s since it was created.",
+                    job.name,
+                    job.kind.as_str()
+                ),
+            };
+            app.alerter
+                .fire(&app.pool, &key, Some(&job.tenant_id), &message)
+                .await?;
+        } else {
+            let message = format!(
+                "Job {} ({}) succeeded: no longer stale.",
+                job.name,
+                job.kind.as_str()
+            );
+            app.alerter.resolve(&app.pool, &key, &message).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn tick(app: &Arc<AppState>) -> Result<()> {

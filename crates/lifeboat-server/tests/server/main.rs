@@ -1310,3 +1310,68 @@ async fn a_copy_job_copies_snapshots_to_a_second_repository_of_the_tenant_only()
     assert_eq!(snapshots.as_array().unwrap().len(), 1, "{snapshots}");
     test.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_recent_success_raises_a_stale_alert_that_resolves() {
+    let (url, received) = webhook_receiver().await;
+    let mut config = test_config();
+    config.alerts.webhook_url = Some(url);
+    let (mut test, admin) = TestServer::start(config).await;
+    let tenant = test.tenant(&admin, "acme").await;
+    let repository = test.repository(&admin, &tenant, "main").await;
+    let source = test.dir.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(json!({ "name": "rarely", "kind": "backup", "repository_id": repository, "schedule": "0 0 1 1 *",
+                         "options": { "paths": [source] }, "stale_after_secs": 10 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = body["id"].as_str().unwrap().to_owned();
+    let texts = |received: &Arc<parking_lot::Mutex<Vec<Value>>>| -> Vec<String> {
+        received
+            .lock()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    eventually(Duration::from_secs(60), "the stale alert", || async {
+        texts(&received)
+            .iter()
+            .any(|t| {
+                t.contains("[FIRING]") && t.contains("rarely") && t.contains("never succeeded")
+            })
+            .then_some(())
+    })
+    .await;
+    let (status, _) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs/{job}/run"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    eventually(
+        Duration::from_secs(60),
+        "the stale alert to resolve",
+        || async {
+            texts(&received)
+                .iter()
+                .any(|t| t.contains("[RESOLVED]") && t.contains("no longer stale"))
+                .then_some(())
+        },
+    )
+    .await;
+    let firing = texts(&received)
+        .iter()
+        .filter(|t| t.contains("[FIRING]"))
+        .count();
+    assert_eq!(firing, 1, "{:?}", texts(&received));
+    test.stop().await;
+}
