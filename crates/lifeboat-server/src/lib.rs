@@ -23,6 +23,21 @@
 //!   lock them out for long.
 //! * **Plain HTTP only redirects.** The HTTP listener answers every request with 308 to HTTPS;
 //!   the TLS listener speaks TLS 1.2 and 1.3 only.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> lifeboat_server::Result<()> {
+//! let config = lifeboat_server::ServerConfig::default();
+//! let server = lifeboat_server::start(config, std::path::Path::new("/var/lib/lifeboat")).await?;
+//! if let Some(password) = &server.setup_password {
+//!     eprintln!("first start: user admin, one-time password {password}");
+//! }
+//! println!("listening on https://{}", server.https_addr);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod alerts;
 pub mod audit;

@@ -1375,3 +1375,39 @@ async fn a_job_without_a_recent_success_raises_a_stale_alert_that_resolves() {
     assert_eq!(firing, 1, "{:?}", texts(&received));
     test.stop().await;
 }
+
+/// An unknown user costs an argon2id verification like a wrong password does, so response
+/// time does not tell which user names exist. Compared on medians with a wide margin: without
+/// the dummy hash the unknown user would answer a hundred times faster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_take_about_as_long_as_wrong_passwords() {
+    let (mut test, admin) = TestServer::start(test_config()).await;
+    let tenant = test.tenant(&admin, "acme").await;
+    test.user(&admin, "dora", "member", Some(&tenant)).await;
+    async fn timed(test: &TestServer, user: &str) -> Duration {
+        let start = std::time::Instant::now();
+        let response = test
+            .try_login(user, "not the right password", json!({}))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        start.elapsed()
+    }
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    for i in 0..5 {
+        unknown.push(timed(&test, &format!("ghost{i}")).await);
+        wrong.push(timed(&test, "dora").await);
+    }
+    unknown.sort();
+    wrong.sort();
+    let (unknown, wrong) = (unknown[2], wrong[2]);
+    assert!(
+        unknown * 4 >= wrong,
+        "unknown user {unknown:?} vs wrong password {wrong:?}"
+    );
+    assert!(
+        wrong * 4 >= unknown,
+        "unknown user {unknown:?} vs wrong password {wrong:?}"
+    );
+    test.stop().await;
+}
