@@ -1411,3 +1411,87 @@ async fn unknown_users_take_about_as_long_as_wrong_passwords() {
     );
     test.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_after_a_delay_and_alerts_only_after_the_last() {
+    let (url, received) = webhook_receiver().await;
+    let mut config = test_config();
+    config.alerts.webhook_url = Some(url);
+    let (mut test, admin) = TestServer::start(config).await;
+    let tenant = test.tenant(&admin, "acme").await;
+    let repository = test.repository(&admin, &tenant, "main").await;
+    let missing = test.dir.path().join("missing");
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(json!({ "name": "flaky", "kind": "backup", "repository_id": repository, "schedule": "0 0 1 1 *",
+                         "options": { "paths": [missing] }, "max_retries": 1, "retry_base_secs": 3 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = body["id"].as_str().unwrap().to_owned();
+    let (status, _) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs/{job}/run"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs/{job}/run"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "runs of one job never overlap, retries included"
+    );
+    let runs = eventually(Duration::from_secs(120), "both attempts", || async {
+        let (_, runs) = test
+            .call(
+                &admin,
+                Method::GET,
+                &format!("/api/v1/tenants/{tenant}/jobs/{job}/runs"),
+                None,
+            )
+            .await;
+        let runs = runs.as_array()?.clone();
+        (runs.len() == 2 && runs.iter().all(|r| r["status"] == "failed")).then_some(runs)
+    })
+    .await;
+    // Newest first.
+    assert_eq!(
+        (runs[0]["attempt"].as_i64(), runs[0]["trigger"].as_str()),
+        (Some(2), Some("retry"))
+    );
+    assert_eq!(
+        (runs[1]["attempt"].as_i64(), runs[1]["trigger"].as_str()),
+        (Some(1), Some("manual"))
+    );
+    assert!(
+        runs[0]["started_at"].as_i64().unwrap() >= runs[1]["finished_at"].as_i64().unwrap() + 3000,
+        "retried after the delay"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "one alert after the last attempt",
+        || async {
+            let texts: Vec<String> = received
+                .lock()
+                .iter()
+                .map(|m| m["text"].to_string())
+                .collect();
+            (texts.len() == 1 && texts[0].contains("after 2 attempt(s)")).then_some(())
+        },
+    )
+    .await;
+    test.stop().await;
+}
