@@ -26,6 +26,22 @@ pub struct ServerConfig {
     pub passwords: PasswordConfig,
     /// Alert delivery.
     pub alerts: AlertConfig,
+    /// What tenants' operators may point repositories and backup jobs at.
+    pub jobs: JobsConfig,
+}
+
+/// Limits on what operators (not admins) may configure, so that a tenant cannot use the
+/// server's own access to read or write outside its share.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Paths below which operators' backup jobs may read (`/srv/backup-sources`). Empty: only
+    /// admins create backup jobs.
+    pub backup_roots: Vec<std::path::PathBuf>,
+    /// Locations below which operators may register repositories: directories
+    /// (`/srv/repositories`) or URL prefixes (`s3:https://s3.example.net/bucket/tenants`).
+    /// Empty: only admins register repositories.
+    pub repository_roots: Vec<String>,
 }
 
 /// Where to listen.

@@ -684,6 +684,35 @@ pub fn copy_destination(options: &serde_json::Value) -> Result<String> {
 /// A repository's location and password, for a run.
 pub type RepositoryAccess = (String, Zeroizing<Vec<u8>>);
 
+/// True if `path` is absolute, has no `..`, and lies within one of `roots`.
+pub fn path_within(path: &std::path::Path, roots: &[PathBuf]) -> bool {
+    use std::path::Component;
+    path.is_absolute()
+        && !path.components().any(|c| matches!(c, Component::ParentDir))
+        && roots.iter().any(|root| path.starts_with(root))
+}
+
+/// True if a repository `location` lies within one of `roots`: paths component-wise, URLs by
+/// prefix ending at a `/`.
+pub fn location_within(location: &str, roots: &[String]) -> bool {
+    if location.contains(':') {
+        if location.contains("/../") || location.ends_with("/..") {
+            return false;
+        }
+        roots.iter().any(|root| {
+            let root = root.trim_end_matches('/');
+            location == root || location.starts_with(&format!("{root}/"))
+        })
+    } else {
+        let roots: Vec<PathBuf> = roots
+            .iter()
+            .filter(|r| !r.contains(':'))
+            .map(PathBuf::from)
+            .collect();
+        path_within(std::path::Path::new(location), &roots)
+    }
+}
+
 /// What a finished run produced.
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
@@ -841,4 +870,44 @@ fn gethostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "lifeboat-server".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_stay_within_their_roots() {
+        let roots = vec![PathBuf::from("/srv/acme")];
+        assert!(path_within(std::path::Path::new("/srv/acme/data"), &roots));
+        assert!(path_within(std::path::Path::new("/srv/acme"), &roots));
+        assert!(!path_within(
+            std::path::Path::new("/srv/acme-other"),
+            &roots
+        ));
+        assert!(!path_within(
+            std::path::Path::new("/srv/acme/../../etc"),
+            &roots
+        ));
+        assert!(!path_within(std::path::Path::new("srv/acme"), &roots));
+        assert!(!path_within(std::path::Path::new("/etc"), &[]));
+        let roots = vec![
+            "/repos".to_owned(),
+            "s3:https://s3.example/bucket/acme/".to_owned(),
+        ];
+        assert!(location_within("/repos/a", &roots));
+        assert!(!location_within("/reposx", &roots));
+        assert!(location_within(
+            "s3:https://s3.example/bucket/acme/r1",
+            &roots
+        ));
+        assert!(!location_within(
+            "s3:https://s3.example/bucket/acme-evil",
+            &roots
+        ));
+        assert!(!location_within(
+            "s3:https://s3.example/bucket/acme/../other",
+            &roots
+        ));
+    }
 }

@@ -958,6 +958,14 @@ async fn repositories_create(
     Json(body): Json<NewRepository>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let init = body.init;
+    if caller.principal.role != Role::Admin
+        && !jobs::location_within(&body.location, &app.config.jobs.repository_roots)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operators may register repositories only below the server's jobs.repository_roots; ask an admin",
+        ));
+    }
     let repository = jobs::create_repository(&app.pool, &app.sealer, &tenant, body).await?;
     app.audit
         .append(&app.pool, caller.event("repository.create").tenant(Some(&tenant)).target(repository.id.clone()).detail(json!({ "name": repository.name, "location": repository.location, "init": init })))
@@ -1036,6 +1044,26 @@ async fn jobs_create(
     Path(tenant): Path<String>,
     Json(body): Json<NewJob>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    if caller.principal.role != Role::Admin && body.kind == jobs::JobKind::Backup {
+        let paths: Vec<std::path::PathBuf> = body.options["paths"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|v| v.as_str().map(Into::into))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if paths.is_empty()
+            || !paths
+                .iter()
+                .all(|p| jobs::path_within(p, &app.config.jobs.backup_roots))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "operators' backup jobs may read only below the server's jobs.backup_roots; ask an admin",
+            ));
+        }
+    }
     let job = jobs::create_job(&app.pool, &tenant, body).await?;
     app.audit
         .append(&app.pool, caller.event("job.create").tenant(Some(&tenant)).target(job.id.clone()).detail(json!({ "name": job.name, "kind": job.kind, "schedule": job.schedule, "repository": job.repository_id })))

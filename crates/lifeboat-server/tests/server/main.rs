@@ -1495,3 +1495,86 @@ async fn a_failed_attempt_is_retried_after_a_delay_and_alerts_only_after_the_las
     .await;
     test.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_reach_only_the_paths_and_locations_the_server_allows() {
+    let mut config = test_config();
+    let (mut test, _) = TestServer::start(config.clone()).await;
+    let allowed = test.dir.path().join("tenant-area");
+    std::fs::create_dir_all(allowed.join("data")).unwrap();
+    config.jobs.backup_roots = vec![allowed.clone()];
+    config.jobs.repository_roots = vec![allowed.display().to_string()];
+    test.config = config;
+    test.restart().await;
+    let admin = test.login("admin", common::ADMIN_PASSWORD).await;
+    let tenant = test.tenant(&admin, "acme").await;
+    let operator = test.user(&admin, "olga", "operator", Some(&tenant)).await;
+    let repository = |location: std::path::PathBuf| json!({ "name": location.file_name().unwrap().to_str().unwrap(), "location": location, "password": "repository password", "init": true, "insecure_kdf_for_tests": true });
+    let path = format!("/api/v1/tenants/{tenant}/repositories");
+    let (status, _) = test
+        .call(
+            &operator,
+            Method::POST,
+            &path,
+            Some(repository(test.dir.path().join("elsewhere"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        !test.dir.path().join("elsewhere").exists(),
+        "nothing was written outside the roots"
+    );
+    let (status, _) = test
+        .call(
+            &operator,
+            Method::POST,
+            &path,
+            Some(repository(allowed.join("data/../../escape"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = test
+        .call(
+            &operator,
+            Method::POST,
+            &path,
+            Some(repository(allowed.join("repo"))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let repository_id = body["id"].as_str().unwrap().to_owned();
+    let job = |paths: Value| json!({ "name": "j", "kind": "backup", "repository_id": repository_id, "schedule": "0 0 1 1 *", "options": { "paths": paths } });
+    let jobs_path = format!("/api/v1/tenants/{tenant}/jobs");
+    let (status, _) = test
+        .call(
+            &operator,
+            Method::POST,
+            &jobs_path,
+            Some(job(json!(["/etc"]))),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the server's own files are out of reach"
+    );
+    let (status, _) = test
+        .call(
+            &operator,
+            Method::POST,
+            &jobs_path,
+            Some(job(json!([allowed.join("data"), "/etc"]))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = test
+        .call(
+            &operator,
+            Method::POST,
+            &jobs_path,
+            Some(job(json!([allowed.join("data")]))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    test.stop().await;
+}
