@@ -10,6 +10,7 @@ mod config;
 mod password;
 mod pg;
 mod progress;
+mod server;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -133,6 +134,14 @@ enum Command {
     /// SQLite databases: continuous replication, point-in-time restore, status.
     #[command(subcommand)]
     Sqlite(sqlite::SqliteCommand),
+    /// Run the server: scheduler, HTTPS API, audit log, metrics and alerts (docs/server.md).
+    Serve(server::ServeArgs),
+    /// The server's audit log: verify its hash chain, export it.
+    #[command(subcommand)]
+    Audit(server::AuditCommand),
+    /// Server administration on its state directory (breach response).
+    #[command(subcommand)]
+    Admin(server::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -739,6 +748,9 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Stats(args) => browse::stats(global, &args),
         Command::Pg(command) => pg::run(global, &command),
         Command::Sqlite(command) => sqlite::run(global, &command),
+        Command::Serve(args) => server::serve(&args),
+        Command::Audit(command) => server::audit(&command, global.json),
+        Command::Admin(command) => server::admin(&command),
     }
 }
 

@@ -866,4 +866,100 @@ fn manual_pages_and_verbose_output() {
     let result = summary_of(&out.stdout);
     assert_eq!(result["packs_read"], result["packs"]);
     assert!(result["blobs_verified"].as_u64().unwrap() > 0);
+/// `lifeboat serve` on a fresh state directory prints the one-time admin password, stops on
+/// SIGTERM, and the offline commands work on what it left: `audit verify`, `audit export`,
+/// `admin reset-password`, `admin revoke-all`.
+#[test]
+fn serve_first_start_then_audit_and_admin_commands() {
+    let env = Env::new();
+    let state = env.path("state");
+    let config = env.path("server.toml");
+    fs::write(
+        &config,
+        "[listen]\nhttps = \"127.0.0.1:0\"\nhttp_redirect = false\n",
+    )
+    .unwrap();
+    let mut child = Command::cargo_bin("lifeboat")
+        .unwrap()
+        .args(["serve", "--state-dir"])
+        .arg(&state)
+        .arg("--server-config")
+        .arg(&config)
+        .env("LIFEBOAT_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            let done = line.contains("shown only now");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !reader.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = reader.join().unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains("listening on https://127.0.0.1:"), "{text}");
+    assert!(text.contains("one-time password"), "{text}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "serve exits cleanly on SIGTERM"
+    );
+    for key in ["server.key", "audit.key", "catalog.db", "tls-cert.pem"] {
+        assert!(state.join(key).exists(), "{key}");
+    }
+
+    let run = |args: &[&str]| {
+        let mut cmd = Command::cargo_bin("lifeboat").unwrap();
+        cmd.args(args).arg("--state-dir").arg(&state);
+        assert_cmd::Command::from_std(cmd).assert()
+    };
+    run(&["audit", "verify"])
+        .success()
+        .stdout(predicate::str::contains("audit log intact"));
+    run(&["admin", "reset-password", "admin"])
+        .success()
+        .stdout(predicate::str::contains("one-time password for admin"));
+    run(&["admin", "revoke-all"])
+        .success()
+        .stdout(predicate::str::contains("revoked"));
+    run(&["admin", "reset-password", "nobody"])
+        .failure()
+        .stderr(predicate::str::contains("nobody"));
+    let export = run(&["audit", "export"]).success();
+    let out = String::from_utf8(export.get_output().stdout.clone()).unwrap();
+    let actions: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        ["user.create", "password.reset", "revoke-all"],
+        "{out}"
+    );
+    run(&["audit", "verify"])
+        .success()
+        .stdout(predicate::str::contains("3 rows"));
 }

@@ -1,0 +1,1216 @@
+//! The HTTPS API: the route table, authentication and authorisation middleware, and handlers.
+//!
+//! [`routes`] lists every route with the permission it needs; [`router`] builds the axum
+//! router from that list only, and [`authorize`] looks each request's matched route up in the
+//! same table and refuses any route it does not find. Tenant-scoped routes have `{tenant}` in
+//! their path: a principal bound to another tenant gets 404 there, as for an unknown id.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Json, MatchedPath, Path, RawPathParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::audit::{self, Event};
+use crate::authz::{AuthMethod, Permission, Principal, Role};
+use crate::catalog::{new_id, now_millis};
+use crate::error::Error;
+use crate::identity::{self, LoginContext, LoginOutcome, LoginRequest, SESSION_COOKIE};
+use crate::jobs::{self, NewJob, NewRepository};
+use crate::server::AppState;
+use crate::{metrics, scheduler};
+
+type App = Arc<AppState>;
+
+/// One route's declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path pattern (axum syntax, `{param}`).
+    pub path: &'static str,
+    /// What the caller needs.
+    pub permission: Permission,
+    /// Allowed before a forced password change.
+    pub before_password_change: bool,
+    /// Refused to API tokens (account management needs a signed-in person).
+    pub session_only: bool,
+}
+
+const fn spec(method: &'static str, path: &'static str, permission: Permission) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        permission,
+        before_password_change: false,
+        session_only: false,
+    }
+}
+
+impl RouteSpec {
+    const fn early(mut self) -> Self {
+        self.before_password_change = true;
+        self
+    }
+    const fn session(mut self) -> Self {
+        self.session_only = true;
+        self
+    }
+    /// True if the route acts on one tenant (has `{tenant}` in its path).
+    pub fn tenant_scoped(&self) -> bool {
+        self.path.contains("{tenant}")
+    }
+}
+
+/// Every route with its handler. The only place routes are declared.
+pub fn routes() -> Vec<(RouteSpec, MethodRouter<App>)> {
+    use Permission::*;
+    vec![
+        (spec("GET", "/healthz", Public), get(healthz)),
+        (spec("GET", "/metrics", ReadMetrics), get(metrics_text)),
+        (spec("POST", "/api/v1/login", Public), post(login)),
+        (
+            spec("POST", "/api/v1/logout", SignedIn).early(),
+            post(logout),
+        ),
+        (spec("GET", "/api/v1/me", SignedIn).early(), get(me)),
+        (
+            spec("POST", "/api/v1/me/password", SignedIn)
+                .early()
+                .session(),
+            post(change_password),
+        ),
+        (
+            spec("POST", "/api/v1/me/totp", SignedIn).session(),
+            post(totp_begin),
+        ),
+        (
+            spec("POST", "/api/v1/me/totp/confirm", SignedIn).session(),
+            post(totp_confirm),
+        ),
+        (
+            spec("GET", "/api/v1/me/tokens", SignedIn).session(),
+            get(tokens_list),
+        ),
+        (
+            spec("POST", "/api/v1/me/tokens", SignedIn).session(),
+            post(tokens_create),
+        ),
+        (
+            spec("DELETE", "/api/v1/me/tokens/{token}", SignedIn).session(),
+            delete(tokens_revoke),
+        ),
+        (
+            spec("GET", "/api/v1/tenants", ManageServer),
+            get(tenants_list),
+        ),
+        (
+            spec("POST", "/api/v1/tenants", ManageServer),
+            post(tenants_create),
+        ),
+        (spec("GET", "/api/v1/users", ManageServer), get(users_list)),
+        (
+            spec("POST", "/api/v1/users", ManageServer),
+            post(users_create),
+        ),
+        (
+            spec("DELETE", "/api/v1/users/{user}", ManageServer),
+            delete(users_delete),
+        ),
+        (
+            spec("POST", "/api/v1/admin/revoke-all", ManageServer).session(),
+            post(revoke_all),
+        ),
+        (spec("GET", "/api/v1/audit", ReadAudit), get(audit_export)),
+        (
+            spec(
+                "GET",
+                "/api/v1/tenants/{tenant}/repositories",
+                ReadRepositories,
+            ),
+            get(repositories_list),
+        ),
+        (
+            spec(
+                "POST",
+                "/api/v1/tenants/{tenant}/repositories",
+                ConfigureJobs,
+            ),
+            post(repositories_create),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/v1/tenants/{tenant}/repositories/{repository}",
+                ReadRepositories,
+            ),
+            get(repositories_get),
+        ),
+        (
+            spec(
+                "DELETE",
+                "/api/v1/tenants/{tenant}/repositories/{repository}",
+                ConfigureJobs,
+            ),
+            delete(repositories_delete),
+        ),
+        (
+            spec(
+                "GET",
+                "/api/v1/tenants/{tenant}/repositories/{repository}/snapshots",
+                ReadSnapshots,
+            ),
+            get(snapshots_list),
+        ),
+        (
+            spec("GET", "/api/v1/tenants/{tenant}/jobs", ReadJobs),
+            get(jobs_list),
+        ),
+        (
+            spec("POST", "/api/v1/tenants/{tenant}/jobs", ConfigureJobs),
+            post(jobs_create),
+        ),
+        (
+            spec("GET", "/api/v1/tenants/{tenant}/jobs/{job}", ReadJobs),
+            get(jobs_get),
+        ),
+        (
+            spec(
+                "DELETE",
+                "/api/v1/tenants/{tenant}/jobs/{job}",
+                ConfigureJobs,
+            ),
+            delete(jobs_delete),
+        ),
+        (
+            spec("POST", "/api/v1/tenants/{tenant}/jobs/{job}/run", RunJobs),
+            post(jobs_run),
+        ),
+        (
+            spec("GET", "/api/v1/tenants/{tenant}/jobs/{job}/runs", ReadJobs),
+            get(runs_list),
+        ),
+        (
+            spec("GET", "/api/v1/tenants/{tenant}/runs/{run}", ReadJobs),
+            get(runs_get),
+        ),
+    ]
+}
+
+/// The route table by (method, pattern).
+pub fn table() -> HashMap<(String, String), RouteSpec> {
+    routes()
+        .into_iter()
+        .map(|(spec, _)| ((spec.method.to_owned(), spec.path.to_owned()), spec))
+        .collect()
+}
+
+/// The HTTPS router: the routes, the authorisation layer on each, and request counting.
+pub fn router(app: App) -> Router {
+    build_router(
+        app,
+        routes()
+            .into_iter()
+            .map(|(spec, handler)| (spec.path, handler)),
+    )
+}
+
+fn build_router(
+    app: App,
+    routes: impl IntoIterator<Item = (&'static str, MethodRouter<App>)>,
+) -> Router {
+    let mut router = Router::new();
+    for (path, handler) in routes {
+        router = router.route(path, handler);
+    }
+    router
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            count_and_harden,
+        ))
+        .with_state(app)
+}
+
+/// An error answer: a status and a message safe to show (details go to the server log).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not found")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            Error::WeakPassword(_) | Error::Schedule { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, error.to_string())
+            }
+            Error::NotFound(_) => ApiError::not_found(),
+            other => {
+                let id = new_id();
+                tracing::error!(error_id = %id, "{other}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal error {id}; the server log has the details"),
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// What the middleware learned about the caller, for handlers.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The principal.
+    pub principal: Principal,
+    /// The source address.
+    pub address: IpAddr,
+}
+
+impl Caller {
+    fn event(&self, action: &str) -> Event {
+        Event::new(self.principal.actor(), action, self.address.to_string())
+    }
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The route pattern that answered, passed from the route layer to the outer layer (which
+/// runs before routing and so cannot see `MatchedPath` itself).
+#[derive(Debug, Clone)]
+struct RouteLabel(String);
+
+/// Authentication, CSRF, tenant scope and permission, from the route table.
+async fn authorize(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let label = matched
+        .as_ref()
+        .map_or_else(|| "(unmatched)".to_owned(), |m| m.as_str().to_owned());
+    let mut response = authorize_matched(app, peer, matched, params, request, next).await;
+    response.extensions_mut().insert(RouteLabel(label));
+    response
+}
+
+async fn authorize_matched(
+    app: App,
+    peer: SocketAddr,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let Some(spec) = matched.and_then(|m| {
+        app.routes
+            .get(&(method.clone(), m.as_str().to_owned()))
+            .copied()
+    }) else {
+        // Fail closed: a route that is not in the table is never served.
+        tracing::error!(%method, path = %request.uri().path(), "route without a declared permission refused");
+        return ApiError::new(StatusCode::FORBIDDEN, "this route declares no permission")
+            .into_response();
+    };
+    if spec.permission == Permission::Public {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let principal = if let Some(token) = bearer {
+        match identity::authenticate_token(&app.pool, token.trim()).await {
+            Ok(p) => p,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    } else if let Some(session) = cookie_value(headers, SESSION_COOKIE) {
+        match identity::authenticate_session(&app.pool, &app.config.sessions, &session).await {
+            Ok(Some((principal, csrf))) => {
+                let safe = matches!(request.method(), &Method::GET | &Method::HEAD);
+                let echoed = headers
+                    .get("x-csrf-token")
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default();
+                if !safe && !crate::totp::constant_time_eq(echoed, csrf.as_bytes()) {
+                    return ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token header: send the csrf_token the login returned").into_response();
+                }
+                Some(principal)
+            }
+            Ok(None) => None,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    } else {
+        None
+    };
+    let Some(principal) = principal else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "sign in first (session cookie or Bearer token)",
+        )
+        .into_response();
+    };
+    if spec.session_only && matches!(principal.via, AuthMethod::Token { .. }) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "API tokens cannot manage accounts: sign in",
+        )
+        .into_response();
+    }
+    if principal.must_change_password && !spec.before_password_change {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "change your password first (POST /api/v1/me/password)",
+        )
+        .into_response();
+    }
+    if spec.tenant_scoped() {
+        let tenant = params
+            .ok()
+            .and_then(|p| {
+                p.iter()
+                    .find(|(k, _)| *k == "tenant")
+                    .map(|(_, v)| v.to_owned())
+            })
+            .unwrap_or_default();
+        if !principal.can_see_tenant(&tenant) {
+            return ApiError::not_found().into_response();
+        }
+        if principal.tenant_id.is_none() {
+            let exists: Result<Option<(String,)>, _> =
+                sqlx::query_as("SELECT id FROM tenants WHERE id = $1")
+                    .bind(&tenant)
+                    .fetch_optional(&app.pool)
+                    .await;
+            match exists {
+                Ok(Some(_)) => {}
+                Ok(None) => return ApiError::not_found().into_response(),
+                Err(e) => return ApiError::from(Error::from(e)).into_response(),
+            }
+        }
+    }
+    if !principal.has(spec.permission) {
+        let event = Event::new(principal.actor(), "authz.denied", peer.ip().to_string())
+            .outcome("denied")
+            .tenant(principal.tenant_id.as_deref())
+            .target(format!("{} {}", spec.method, spec.path));
+        if let Err(e) = app.audit.append(&app.pool, event).await {
+            return ApiError::from(e).into_response();
+        }
+        return ApiError::new(StatusCode::FORBIDDEN, "your role does not allow this")
+            .into_response();
+    }
+    request.extensions_mut().insert(Caller {
+        principal,
+        address: peer.ip(),
+    });
+    next.run(request).await
+}
+
+/// Counts requests by route pattern and status, and sets headers every answer carries.
+async fn count_and_harden(State(app): State<App>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let mut response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or("(unmatched)", |l| l.0.as_str())
+        .to_owned();
+    app.metrics
+        .count_request(&method, &route, response.status().as_u16());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    match sqlx::query("SELECT 1").execute(&app.pool).await {
+        Ok(_) => Json(json!({ "status": "ok" })).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "catalog unavailable" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(app): State<App>) -> ApiResult<Response> {
+    let text = metrics::render(&app.metrics, &app.pool).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+fn session_cookie(token: &str, max_age: u64) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
+    )
+}
+
+async fn login(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<LoginRequest>,
+) -> ApiResult<Response> {
+    let ctx = LoginContext {
+        pool: &app.pool,
+        hasher: &app.hasher,
+        sealer: &app.sealer,
+        throttle: &app.throttle,
+    };
+    let outcome = identity::login(&ctx, &request, peer.ip()).await?;
+    // The name tried is recorded as typed (truncated), never the password.
+    let tried: String = request.username.chars().take(64).collect();
+    let source = peer.ip().to_string();
+    match outcome {
+        LoginOutcome::Success {
+            user,
+            session,
+            second_factor,
+        } => {
+            app.audit
+                .append(
+                    &app.pool,
+                    Event::new(format!("user:{}", user.username), "login", source)
+                        .tenant(user.tenant_id.as_deref())
+                        .detail(json!({ "second_factor": second_factor })),
+                )
+                .await?;
+            let cookie = session_cookie(&session.token, app.config.sessions.absolute_timeout_secs);
+            Ok((
+                [(header::SET_COOKIE, cookie)],
+                Json(json!({
+                    "csrf_token": session.csrf_token,
+                    "user": { "id": user.id, "username": user.username, "role": user.role, "tenant_id": user.tenant_id },
+                    "must_change_password": user.must_change_password,
+                })),
+            )
+                .into_response())
+        }
+        LoginOutcome::Throttled(wait) => {
+            app.audit
+                .append(
+                    &app.pool,
+                    Event::new(format!("anonymous:{tried}"), "login", source)
+                        .outcome("denied")
+                        .detail(json!({ "reason": "throttled" })),
+                )
+                .await?;
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            Ok((
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, seconds.max(1).to_string())],
+                Json(json!({ "error": "too many failed logins: wait before trying again" })),
+            )
+                .into_response())
+        }
+        LoginOutcome::Invalid { reason } => {
+            app.audit
+                .append(
+                    &app.pool,
+                    Event::new(format!("anonymous:{tried}"), "login", source)
+                        .outcome("failed")
+                        .detail(json!({ "reason": reason })),
+                )
+                .await?;
+            Ok(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "wrong user name, password or code",
+            )
+            .into_response())
+        }
+        LoginOutcome::SecondFactorRequired => {
+            app.audit
+                .append(
+                    &app.pool,
+                    Event::new(format!("anonymous:{tried}"), "login", source)
+                        .outcome("failed")
+                        .detail(json!({ "reason": "second factor missing" })),
+                )
+                .await?;
+            Ok((StatusCode::UNAUTHORIZED, Json(json!({ "error": "a TOTP code or recovery code is needed", "second_factor_required": true }))).into_response())
+        }
+    }
+}
+
+async fn logout(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    if let AuthMethod::Session { id_hash } = &caller.principal.via {
+        sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&app.pool)
+            .await
+            .map_err(Error::from)?;
+    }
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("logout")
+                .tenant(caller.principal.tenant_id.as_deref()),
+        )
+        .await?;
+    Ok((
+        [(header::SET_COOKIE, session_cookie("", 0))],
+        Json(json!({ "signed_out": true })),
+    )
+        .into_response())
+}
+
+async fn me(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = identity::user_by_id(&app.pool, &caller.principal.user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!({
+        "id": user.id, "username": user.username, "role": caller.principal.role, "tenant_id": user.tenant_id,
+        "totp_enabled": user.totp_secret.is_some(), "must_change_password": user.must_change_password,
+    })))
+}
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<PasswordChange>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = identity::user_by_id(&app.pool, &caller.principal.user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if let Some(wait) = app.throttle.check(&user.username, caller.address) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failures: wait {} s", wait.as_secs().max(1)),
+        ));
+    }
+    let ok = tokio::task::block_in_place(|| {
+        app.hasher
+            .verify(&user.password_hash, &body.current_password)
+    });
+    if !ok {
+        app.throttle.failed(&user.username, caller.address);
+        app.audit
+            .append(
+                &app.pool,
+                caller
+                    .event("password.change")
+                    .outcome("failed")
+                    .detail(json!({ "reason": "wrong current password" })),
+            )
+            .await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the current password is wrong",
+        ));
+    }
+    let keep = match &caller.principal.via {
+        AuthMethod::Session { id_hash } => Some(id_hash.as_str()),
+        AuthMethod::Token { .. } => None,
+    };
+    identity::change_password(
+        &app.pool,
+        &app.hasher,
+        app.config.passwords.min_length,
+        &user,
+        &body.new_password,
+        keep,
+    )
+    .await?;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("password.change")
+                .tenant(user.tenant_id.as_deref()),
+        )
+        .await?;
+    Ok(Json(json!({ "changed": true })))
+}
+
+async fn totp_begin(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = identity::user_by_id(&app.pool, &caller.principal.user_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let (uri, secret) = identity::begin_totp(&app.pool, &app.sealer, &user).await?;
+    app.audit
+        .append(&app.pool, caller.event("totp.begin"))
+        .await?;
+    Ok(Json(json!({ "otpauth_uri": uri, "secret": secret })))
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    code: String,
+}
+
+async fn totp_confirm(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<CodeBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let codes = identity::confirm_totp(
+        &app.pool,
+        &app.sealer,
+        &caller.principal.user_id,
+        &body.code,
+    )
+    .await?;
+    app.audit
+        .append(&app.pool, caller.event("totp.enable"))
+        .await?;
+    Ok(Json(json!({ "recovery_codes": codes })))
+}
+
+async fn tokens_list(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!(
+        identity::list_tokens(&app.pool, &caller.principal.user_id).await?
+    )))
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    name: String,
+    role: Option<Role>,
+}
+
+async fn tokens_create(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewToken>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let role = body.role.unwrap_or(caller.principal.role);
+    let (id, token) =
+        identity::create_token(&app.pool, &caller.principal, &body.name, role).await?;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("token.create")
+                .tenant(caller.principal.tenant_id.as_deref())
+                .target(id.clone())
+                .detail(json!({ "name": body.name, "role": role })),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "token": token, "role": role })),
+    ))
+}
+
+async fn tokens_revoke(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(token): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if !identity::revoke_token(&app.pool, &caller.principal.user_id, &token).await? {
+        return Err(ApiError::not_found());
+    }
+    app.audit
+        .append(&app.pool, caller.event("token.revoke").target(token))
+        .await?;
+    Ok(Json(json!({ "revoked": true })))
+}
+
+async fn tenants_list(State(app): State<App>) -> ApiResult<Json<serde_json::Value>> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT id, name, created_at FROM tenants ORDER BY name")
+            .fetch_all(&app.pool)
+            .await
+            .map_err(Error::from)?;
+    Ok(Json(json!(
+        rows.into_iter()
+            .map(
+                |(id, name, created_at)| json!({ "id": id, "name": name, "created_at": created_at })
+            )
+            .collect::<Vec<_>>()
+    )))
+}
+
+#[derive(Deserialize)]
+struct NewTenant {
+    name: String,
+}
+
+async fn tenants_create(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewTenant>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    if body.name.is_empty() || body.name.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a tenant name has 1 to 100 characters",
+        ));
+    }
+    let id = new_id();
+    sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(&body.name)
+        .bind(now_millis())
+        .execute(&app.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                ApiError::new(StatusCode::CONFLICT, "a tenant of that name exists")
+            }
+            e => Error::from(e).into(),
+        })?;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("tenant.create")
+                .tenant(Some(&id))
+                .target(id.clone())
+                .detail(json!({ "name": body.name })),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "name": body.name })),
+    ))
+}
+
+async fn users_list(State(app): State<App>) -> ApiResult<Json<serde_json::Value>> {
+    let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT id, username, role, tenant_id, disabled FROM users ORDER BY username",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .map_err(Error::from)?;
+    Ok(Json(json!(rows
+        .into_iter()
+        .map(|(id, username, role, tenant_id, disabled)| json!({ "id": id, "username": username, "role": role, "tenant_id": tenant_id, "disabled": disabled != 0 }))
+        .collect::<Vec<_>>())))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    username: String,
+    password: String,
+    role: Role,
+    tenant_id: Option<String>,
+}
+
+async fn users_create(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewUser>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let id = identity::create_user(
+        &app.pool,
+        &app.hasher,
+        app.config.passwords.min_length,
+        &body.username,
+        &body.password,
+        body.role,
+        body.tenant_id.as_deref(),
+    )
+    .await?;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("user.create")
+                .tenant(body.tenant_id.as_deref())
+                .target(id.clone())
+                .detail(json!({ "username": body.username, "role": body.role })),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "username": body.username })),
+    ))
+}
+
+async fn users_delete(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if user == caller.principal.user_id {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "you cannot delete your own account",
+        ));
+    }
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(&user)
+        .execute(&app.pool)
+        .await
+        .map_err(Error::from)?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::not_found());
+    }
+    app.audit
+        .append(&app.pool, caller.event("user.delete").target(user))
+        .await?;
+    Ok(Json(json!({ "deleted": true })))
+}
+
+async fn revoke_all(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (sessions, tokens) = identity::revoke_all(&app.pool).await?;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("revoke-all")
+                .detail(json!({ "sessions": sessions, "tokens": tokens })),
+        )
+        .await?;
+    Ok(Json(
+        json!({ "sessions_ended": sessions, "tokens_revoked": tokens }),
+    ))
+}
+
+async fn audit_export(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let records = audit::records(&app.pool, caller.principal.tenant_id.as_deref()).await?;
+    let mut body = Vec::new();
+    audit::write_json_lines(&records, &mut body).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+async fn repositories_list(
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!(
+        jobs::list_repositories(&app.pool, &tenant).await?
+    )))
+}
+
+async fn repositories_create(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+    Json(body): Json<NewRepository>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let init = body.init;
+    if caller.principal.role != Role::Admin
+        && !jobs::location_within(&body.location, &app.config.jobs.repository_roots)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operators may register repositories only below the server's jobs.repository_roots; ask an admin",
+        ));
+    }
+    let repository = jobs::create_repository(&app.pool, &app.sealer, &tenant, body).await?;
+    app.audit
+        .append(&app.pool, caller.event("repository.create").tenant(Some(&tenant)).target(repository.id.clone()).detail(json!({ "name": repository.name, "location": repository.location, "init": init })))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(repository))))
+}
+
+async fn repositories_get(
+    State(app): State<App>,
+    Path((tenant, repository)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let found = jobs::get_repository(&app.pool, &tenant, &repository)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!(found)))
+}
+
+async fn repositories_delete(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, repository)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if jobs::get_repository(&app.pool, &tenant, &repository)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found());
+    }
+    jobs::delete_repository(&app.pool, &tenant, &repository).await?;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("repository.delete")
+                .tenant(Some(&tenant))
+                .target(repository),
+        )
+        .await?;
+    Ok(Json(json!({ "deleted": true })))
+}
+
+async fn snapshots_list(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, repository)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (location, password) =
+        jobs::repository_secret(&app.pool, &app.sealer, &tenant, &repository)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+    let snapshots = tokio::task::spawn_blocking(move || jobs::list_snapshots(&location, &password))
+        .await
+        .map_err(|e| Error::Job(e.to_string()))??;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("snapshots.list")
+                .tenant(Some(&tenant))
+                .target(repository),
+        )
+        .await?;
+    Ok(Json(json!(snapshots)))
+}
+
+async fn jobs_list(
+    State(app): State<App>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!(jobs::list_jobs(&app.pool, &tenant).await?)))
+}
+
+async fn jobs_create(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(tenant): Path<String>,
+    Json(body): Json<NewJob>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    if caller.principal.role != Role::Admin && body.kind == jobs::JobKind::Backup {
+        let paths: Vec<std::path::PathBuf> = body.options["paths"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|v| v.as_str().map(Into::into))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if paths.is_empty()
+            || !paths
+                .iter()
+                .all(|p| jobs::path_within(p, &app.config.jobs.backup_roots))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "operators' backup jobs may read only below the server's jobs.backup_roots; ask an admin",
+            ));
+        }
+    }
+    let job = jobs::create_job(&app.pool, &tenant, body).await?;
+    app.audit
+        .append(&app.pool, caller.event("job.create").tenant(Some(&tenant)).target(job.id.clone()).detail(json!({ "name": job.name, "kind": job.kind, "schedule": job.schedule, "repository": job.repository_id })))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(job))))
+}
+
+async fn jobs_get(
+    State(app): State<App>,
+    Path((tenant, job)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let found = jobs::get_job(&app.pool, &tenant, &job)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let running = app.running.is_running(&found.id);
+    let mut value = json!(found);
+    value["running"] = json!(running);
+    Ok(Json(value))
+}
+
+async fn jobs_delete(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, job)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if !jobs::delete_job(&app.pool, &tenant, &job).await? {
+        return Err(ApiError::not_found());
+    }
+    app.audit
+        .append(
+            &app.pool,
+            caller.event("job.delete").tenant(Some(&tenant)).target(job),
+        )
+        .await?;
+    Ok(Json(json!({ "deleted": true })))
+}
+
+async fn jobs_run(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, job)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let found = jobs::get_job(&app.pool, &tenant, &job)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let started = scheduler::start(&app, found, "manual");
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("job.start")
+                .tenant(Some(&tenant))
+                .target(job)
+                .outcome(if started { "ok" } else { "denied" }),
+        )
+        .await?;
+    if started {
+        Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the job is running: runs of one job never overlap",
+        ))
+    }
+}
+
+async fn runs_list(
+    State(app): State<App>,
+    Path((tenant, job)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if jobs::get_job(&app.pool, &tenant, &job).await?.is_none() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(json!(
+        jobs::list_runs(&app.pool, &tenant, &job, 100).await?
+    )))
+}
+
+async fn runs_get(
+    State(app): State<App>,
+    Path((tenant, run)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let found = jobs::get_run(&app.pool, &tenant, &run)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!(found)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route added to the router without an entry in the table is refused, whoever calls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_missing_from_the_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::ServerConfig::default();
+        config.listen.https = "127.0.0.1:0".parse().unwrap();
+        config.listen.http = None;
+        let server = crate::start(config, dir.path()).await.unwrap();
+        let stray: MethodRouter<App> = get(|| async { "secret" });
+        let mut all: Vec<(&'static str, MethodRouter<App>)> =
+            routes().into_iter().map(|(s, h)| (s.path, h)).collect();
+        all.push(("/stray", stray));
+        let router = build_router(Arc::clone(&server.app), all);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        let response = reqwest::get(format!("http://{addr}/stray")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(!response.text().await.unwrap().contains("secret"));
+        let declared = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(
+            declared.status(),
+            StatusCode::OK,
+            "declared routes still work"
+        );
+        server.shutdown().await;
+    }
+
+    #[test]
+    fn every_route_is_declared_once_and_tenant_routes_need_more_than_sign_in() {
+        let all = routes();
+        let table = table();
+        assert_eq!(all.len(), table.len(), "a (method, path) is declared twice");
+        for (spec, _) in &all {
+            if spec.tenant_scoped() {
+                assert!(
+                    !matches!(spec.permission, Permission::Public | Permission::SignedIn),
+                    "{spec:?}"
+                );
+            }
+            if spec.permission == Permission::Public {
+                assert!(
+                    ["/healthz", "/api/v1/login"].contains(&spec.path),
+                    "unexpected public route {spec:?}"
+                );
+            }
+        }
+    }
+}
