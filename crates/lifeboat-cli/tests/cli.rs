@@ -866,6 +866,8 @@ fn manual_pages_and_verbose_output() {
     let result = summary_of(&out.stdout);
     assert_eq!(result["packs_read"], result["packs"]);
     assert!(result["blobs_verified"].as_u64().unwrap() > 0);
+}
+
 /// `lifeboat serve` on a fresh state directory prints the one-time admin password, stops on
 /// SIGTERM, and the offline commands work on what it left: `audit verify`, `audit export`,
 /// `admin reset-password`, `admin revoke-all`.

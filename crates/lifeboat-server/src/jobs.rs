@@ -781,8 +781,9 @@ pub fn execute(
             } else {
                 lifeboat_repo::check::ReadData::None
             };
-            let report = lifeboat_repo::check::check(&repo, read, &HashMap::new())
-                .map_err(|e| format!("check failed: {e}"))?;
+            let report =
+                lifeboat_repo::check::check(&repo, read, &HashMap::new(), &Default::default())
+                    .map_err(|e| format!("check failed: {e}"))?;
             let mut log = format!(
                 "{} snapshots, {} trees, {} packs ({} read, {} bytes)",
                 report.snapshots, report.trees, report.packs, report.packs_read, report.bytes_read
