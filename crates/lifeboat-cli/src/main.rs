@@ -564,6 +564,9 @@ struct CopyArgs {
     /// Snapshots to copy (ids, unique id prefixes or `latest`); default: all of them. Those
     /// the destination has already are skipped.
     snapshots: Vec<String>,
+    /// Only copy snapshots that match these filters.
+    #[command(flatten)]
+    filter: SnapshotFilter,
 }
 
 #[derive(Args)]
@@ -1775,6 +1778,10 @@ fn copy(global: &GlobalArgs, args: &CopyArgs) -> Result<ExitCode> {
         }
         chosen
     };
+    let snapshots: Vec<_> = snapshots
+        .into_iter()
+        .filter(|s| args.filter.matches(&s.snapshot))
+        .collect();
     let mut destination = destination.load_index()?;
     let progress = Arc::new(lifeboat_repo::CopyProgress::default());
     let display = progress::start_copy(progress.clone(), show_progress(global));

@@ -965,3 +965,61 @@ fn serve_first_start_then_audit_and_admin_commands() {
         .success()
         .stdout(predicate::str::contains("3 rows"));
 }
+
+/// `copy` between two local repositories takes the snapshot filters every command shares.
+#[test]
+fn copy_takes_snapshot_filters() {
+    let env = Env::new();
+    env.init();
+    let source = env.path("source");
+    write_tree(&source, 3, 20_000, 5);
+    env.run(&["backup", "--tag", "daily", &text_of(&source)])
+        .success();
+    write_tree(&source, 3, 20_000, 6);
+    env.run(&["backup", "--tag", "monthly", &text_of(&source)])
+        .success();
+    let second = env.path("second");
+    let init = env
+        .cmd()
+        .args([
+            "--repo",
+            &text_of(&second),
+            "init",
+            "--insecure-kdf-for-tests",
+        ])
+        .args(["--copy-content-keys-from", &text_of(&env.repo())])
+        .env("LIFEBOAT_FROM_PASSWORD_FILE", env.password_file())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let copy = |tag: &str| {
+        let out = env
+            .cmd()
+            .args(["copy", "--to", &text_of(&second), "--tag", tag])
+            .env("LIFEBOAT_TO_PASSWORD_FILE", env.password_file())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let monthly = copy("monthly");
+    assert!(monthly.contains("1 snapshots copied"), "{monthly}");
+    let listed = env
+        .cmd()
+        .args(["--repo", &text_of(&second), "--json", "snapshots"])
+        .output()
+        .unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["tags"][0], "monthly");
+    let none = copy("yearly");
+    assert!(none.contains("0 snapshots copied"), "{none}");
+}
