@@ -34,6 +34,8 @@ pub enum JobKind {
     Forget,
     /// Copy snapshots to a second repository of the tenant ([`CopyJobOptions`]).
     Copy,
+    /// Free unused space, two-phase and without stopping backups ([`PruneJobOptions`]).
+    Prune,
 }
 
 impl JobKind {
@@ -44,6 +46,7 @@ impl JobKind {
             JobKind::Check => "check",
             JobKind::Forget => "forget",
             JobKind::Copy => "copy",
+            JobKind::Prune => "prune",
         }
     }
 
@@ -54,8 +57,9 @@ impl JobKind {
             "check" => Ok(JobKind::Check),
             "forget" => Ok(JobKind::Forget),
             "copy" => Ok(JobKind::Copy),
+            "prune" => Ok(JobKind::Prune),
             other => Err(Error::Invalid(format!(
-                "unknown job kind {other:?}: use backup, check, forget or copy (prune, sqlite and pg jobs arrive with their features)"
+                "unknown job kind {other:?}: use backup, check, forget, copy or prune (sqlite and pg jobs arrive with their features)"
             ))),
         }
     }
@@ -109,6 +113,26 @@ pub struct ForgetOptions {
     pub keep_monthly: Option<u32>,
     /// Keep one per year for N years.
     pub keep_yearly: Option<u32>,
+}
+
+/// Options of a prune job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneJobOptions {
+    /// Unused space tolerated, in percent of the space in use (default 5).
+    #[serde(default = "default_max_unused_percent")]
+    pub max_unused_percent: f64,
+    /// Seconds marked packs wait before a later run deletes them (default 3600, at least 10).
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+}
+
+fn default_max_unused_percent() -> f64 {
+    5.0
+}
+
+fn default_grace_secs() -> u64 {
+    lifeboat_repo::prune::DEFAULT_GRACE.as_secs()
 }
 
 impl ForgetOptions {
@@ -165,6 +189,18 @@ pub fn validate_options(kind: JobKind, options: &serde_json::Value) -> Result<()
         }
         JobKind::Copy => {
             serde_json::from_value::<CopyJobOptions>(options.clone()).map_err(bad)?;
+        }
+        JobKind::Prune => {
+            let o: PruneJobOptions = serde_json::from_value(options.clone()).map_err(bad)?;
+            if o.grace_secs < lifeboat_repo::prune::MIN_GRACE.as_secs() {
+                return Err(Error::Invalid(format!(
+                    "grace_secs is at least {}: it is what keeps concurrent backups safe",
+                    lifeboat_repo::prune::MIN_GRACE.as_secs()
+                )));
+            }
+            if o.max_unused_percent.is_nan() || o.max_unused_percent < 0.0 {
+                return Err(Error::Invalid("max_unused_percent is 0 or more".into()));
+            }
         }
     }
     Ok(())
@@ -831,6 +867,31 @@ pub fn execute(
                 ),
             })
         }
+        JobKind::Prune => {
+            let o: PruneJobOptions =
+                serde_json::from_value(options.clone()).map_err(|e| e.to_string())?;
+            let report = lifeboat_repo::prune::prune(
+                &repo,
+                &lifeboat_repo::prune::PruneOptions {
+                    max_unused: o.max_unused_percent / 100.0,
+                    grace: std::time::Duration::from_secs(o.grace_secs),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("prune failed: {e}"))?;
+            let freed: u64 = report.swept.iter().map(|s| s.bytes_freed).sum();
+            Ok(RunOutput {
+                bytes: freed,
+                log: format!(
+                    "swept {} plan(s), {} packs deleted ({freed} bytes freed); marked {} bytes \
+                     for deletion after the grace period; {} blobs repacked",
+                    report.swept.len(),
+                    report.swept.iter().map(|s| s.packs_deleted).sum::<u64>(),
+                    report.mark.bytes_to_free,
+                    report.mark.blobs_repacked
+                ),
+            })
+        }
         JobKind::Copy => {
             let (to, to_password) =
                 destination.ok_or("the copy job's destination repository no longer exists")?;
@@ -876,6 +937,20 @@ fn gethostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_jobs_take_defaults_and_refuse_an_unsafe_grace() {
+        assert_eq!(JobKind::parse("prune").unwrap(), JobKind::Prune);
+        validate_options(JobKind::Prune, &serde_json::json!({})).unwrap();
+        validate_options(
+            JobKind::Prune,
+            &serde_json::json!({ "max_unused_percent": 0, "grace_secs": 600 }),
+        )
+        .unwrap();
+        let short = validate_options(JobKind::Prune, &serde_json::json!({ "grace_secs": 5 }));
+        assert!(short.unwrap_err().to_string().contains("at least 10"));
+        assert!(validate_options(JobKind::Prune, &serde_json::json!({ "keep_last": 1 })).is_err());
+    }
 
     #[test]
     fn operators_stay_within_their_roots() {
