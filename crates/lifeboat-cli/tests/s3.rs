@@ -11,23 +11,7 @@ use std::process::{Command, Stdio};
 
 use assert_cmd::cargo::CommandCargoExt;
 
-/// A fresh S3 repository URL, or `None` (with a line saying so) without a server.
-fn s3_repo(test: &str) -> Option<String> {
-    let Ok(endpoint) = std::env::var("LIFEBOAT_TEST_S3_ENDPOINT") else {
-        println!("SKIPPED {test}: LIFEBOAT_TEST_S3_ENDPOINT is not set (.ci/run sets it)");
-        return None;
-    };
-    let bucket =
-        std::env::var("LIFEBOAT_TEST_S3_BUCKET").unwrap_or_else(|_| "lifeboat-test".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some(format!(
-        "s3:{endpoint}/{bucket}/cli-{test}-{}-{nanos}",
-        std::process::id()
-    ))
-}
+mod common;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -139,7 +123,7 @@ fn rand_suffix() -> u128 {
 
 #[test]
 fn init_backup_restore_on_s3_reports_requests() {
-    let Some(repo) = s3_repo("basic") else {
+    let Some(repo) = common::s3_repository("basic") else {
         return;
     };
     let env = Env::new();
@@ -189,7 +173,7 @@ fn init_backup_restore_on_s3_reports_requests() {
 
 #[test]
 fn copy_local_to_s3_and_back_is_idempotent_and_refuses_foreign_keys() {
-    let Some(remote) = s3_repo("copy") else {
+    let Some(remote) = common::s3_repository("copy") else {
         return;
     };
     let env = Env::new();
@@ -289,7 +273,7 @@ fn copy_local_to_s3_and_back_is_idempotent_and_refuses_foreign_keys() {
 
 #[test]
 fn unreachable_endpoint_fails_with_its_name_and_exit_code_1() {
-    if s3_repo("unreachable").is_none() {
+    if common::s3_repository("unreachable").is_none() {
         return;
     }
     let port = {
@@ -330,7 +314,7 @@ fn count_objects(repo: &str, prefix: &str) -> usize {
 
 #[test]
 fn sigkill_during_an_s3_backup_leaves_a_valid_repository() {
-    let Some(base) = s3_repo("sigkill") else {
+    let Some(base) = common::s3_repository("sigkill") else {
         return;
     };
     let env = Env::new();
