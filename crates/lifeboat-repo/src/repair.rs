@@ -134,27 +134,26 @@ pub fn repair_snapshots(
     }
 
     // Rebuild the trees of every snapshot, bottom-up, without what is lost.
-    let mut rebuilt: crate::IdMap<TreeRepair> = crate::IdMap::default();
-    let mut new_trees: Vec<crate::Tree> = Vec::new();
-    let mut lost_blobs = IdSet::default();
+    let mut repairer = TreeRepairer {
+        repo,
+        damaged: &damaged_in_index,
+        rebuilt: crate::IdMap::default(),
+        new_trees: Vec::new(),
+        lost_blobs: IdSet::default(),
+    };
     let mut plans = Vec::new();
     for entry in repo.snapshots()? {
         report.snapshots_checked += 1;
-        let mut lost_paths = Vec::new();
-        let root = repair_tree(
-            repo,
-            entry.snapshot.tree,
-            "",
-            &damaged_in_index,
-            &mut rebuilt,
-            &mut new_trees,
-            &mut lost_blobs,
-            &mut lost_paths,
-        )?;
+        let (root, lost_paths) = repairer.repair(entry.snapshot.tree)?;
         if !lost_paths.is_empty() {
             plans.push((entry, root, lost_paths));
         }
     }
+    let TreeRepairer {
+        new_trees,
+        mut lost_blobs,
+        ..
+    } = repairer;
     lost_blobs.extend(damaged_in_index.iter().copied());
     report.lost_blobs = lost_blobs.len() as u64;
     if options.dry_run {
@@ -252,101 +251,75 @@ pub fn repair_snapshots(
     Ok(report)
 }
 
-/// The repaired form of a tree: its new id (the same if nothing below it was lost).
-#[derive(Clone, Copy)]
-struct TreeRepair {
-    id: Id,
+/// Rebuilds trees without lost data, each tree once however many snapshots share it.
+struct TreeRepairer<'a> {
+    repo: &'a crate::IndexedRepository,
+    damaged: &'a crate::id::IdSet,
+    /// Per tree already seen: its repaired id (the same if nothing below was lost) and the lost
+    /// paths below it, relative to it (`/dir/file`).
+    rebuilt: crate::IdMap<(Id, Vec<String>)>,
+    /// New trees, children before parents.
+    new_trees: Vec<crate::Tree>,
+    lost_blobs: crate::id::IdSet,
 }
 
-/// Rebuilds one tree without lost data; returns its (possibly new) id. New trees are appended
-/// to `new_trees` children first.
-#[allow(clippy::too_many_arguments)]
-fn repair_tree(
-    repo: &crate::IndexedRepository,
-    tree_id: Id,
-    path: &str,
-    damaged: &crate::id::IdSet,
-    rebuilt: &mut crate::IdMap<TreeRepair>,
-    new_trees: &mut Vec<crate::Tree>,
-    lost_blobs: &mut crate::id::IdSet,
-    lost_paths: &mut Vec<String>,
-) -> Result<Id> {
-    if let Some(done) = rebuilt.get(&tree_id) {
-        if done.id != tree_id {
-            // Same damage, already described for another snapshot: name it again here.
-            collect_lost_paths(repo, tree_id, path, damaged, lost_paths);
-        }
-        return Ok(done.id);
+impl TreeRepairer<'_> {
+    fn is_lost(&self, id: &Id) -> bool {
+        self.damaged.contains(id) || !self.repo.index().contains(id)
     }
-    let lost = |id: &Id| damaged.contains(id) || !repo.index().contains(id);
-    let tree = repo.read_tree(&tree_id)?;
-    let mut nodes = Vec::with_capacity(tree.nodes.len());
-    let mut changed = false;
-    for mut node in tree.nodes {
-        let child = format!("{path}/{}", node.name);
-        let missing: Vec<Id> = node.content.iter().filter(|id| lost(id)).copied().collect();
-        if !missing.is_empty() {
-            lost_blobs.extend(missing);
-            lost_paths.push(child);
-            changed = true;
-            continue;
+
+    /// The repaired id of `tree_id` and the lost paths below it, relative to it.
+    fn repair(&mut self, tree_id: Id) -> Result<(Id, Vec<String>)> {
+        if let Some(done) = self.rebuilt.get(&tree_id) {
+            return Ok(done.clone());
         }
-        if let Some(sub) = node.subtree {
-            if lost(&sub) {
-                lost_blobs.insert(sub);
-                lost_paths.push(format!("{child}/ (directory listing lost; kept empty)"));
-                let empty = crate::Tree::new(Vec::new());
-                let empty_id = repo.key().blob_id(&empty.to_bytes());
-                new_trees.push(empty);
-                node.subtree = Some(empty_id);
+        let tree = self.repo.read_tree(&tree_id)?;
+        let mut nodes = Vec::with_capacity(tree.nodes.len());
+        let mut lost_paths = Vec::new();
+        let mut changed = false;
+        for mut node in tree.nodes {
+            let child = format!("/{}", node.name);
+            let missing: Vec<Id> = node
+                .content
+                .iter()
+                .filter(|id| self.is_lost(id))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                self.lost_blobs.extend(missing);
+                lost_paths.push(child);
                 changed = true;
-            } else {
-                let new = repair_tree(
-                    repo, sub, &child, damaged, rebuilt, new_trees, lost_blobs, lost_paths,
-                )?;
-                if new != sub {
-                    node.subtree = Some(new);
+                continue;
+            }
+            if let Some(sub) = node.subtree {
+                if self.is_lost(&sub) {
+                    self.lost_blobs.insert(sub);
+                    lost_paths.push(format!("{child}/ (directory listing lost; kept empty)"));
+                    let empty = crate::Tree::new(Vec::new());
+                    node.subtree = Some(self.repo.key().blob_id(&empty.to_bytes()));
+                    self.new_trees.push(empty);
                     changed = true;
+                } else {
+                    let (new, below) = self.repair(sub)?;
+                    lost_paths.extend(below.into_iter().map(|p| format!("{child}{p}")));
+                    if new != sub {
+                        node.subtree = Some(new);
+                        changed = true;
+                    }
                 }
             }
+            nodes.push(node);
         }
-        nodes.push(node);
-    }
-    let id = if changed {
-        let tree = crate::Tree::new(nodes);
-        let id = repo.key().blob_id(&tree.to_bytes());
-        new_trees.push(tree);
-        id
-    } else {
-        tree_id
-    };
-    rebuilt.insert(tree_id, TreeRepair { id });
-    Ok(id)
-}
-
-/// Names the lost paths below a tree already repaired for another snapshot.
-fn collect_lost_paths(
-    repo: &crate::IndexedRepository,
-    tree_id: Id,
-    path: &str,
-    damaged: &crate::id::IdSet,
-    lost_paths: &mut Vec<String>,
-) {
-    let lost = |id: &Id| damaged.contains(id) || !repo.index().contains(id);
-    let Ok(tree) = repo.read_tree(&tree_id) else {
-        return;
-    };
-    for node in tree.nodes {
-        let child = format!("{path}/{}", node.name);
-        if node.content.iter().any(lost) {
-            lost_paths.push(child);
-        } else if let Some(sub) = node.subtree {
-            if lost(&sub) {
-                lost_paths.push(format!("{child}/ (directory listing lost; kept empty)"));
-            } else {
-                collect_lost_paths(repo, sub, &child, damaged, lost_paths);
-            }
-        }
+        let id = if changed {
+            let tree = crate::Tree::new(nodes);
+            let id = self.repo.key().blob_id(&tree.to_bytes());
+            self.new_trees.push(tree);
+            id
+        } else {
+            tree_id
+        };
+        self.rebuilt.insert(tree_id, (id, lost_paths.clone()));
+        Ok((id, lost_paths))
     }
 }
 
