@@ -371,3 +371,121 @@ fn unreadable_blobs(
     }
     Ok((bad, bad_packs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Node, NodeKind, Tree};
+    use crate::{
+        BlobType, BlobWriter, InitOptions, KdfParams, Snapshot, SourceKind, WriterOptions,
+    };
+    use lifeboat_storage::Storage;
+
+    fn snapshot(tree: Id) -> Snapshot {
+        Snapshot {
+            version: 1,
+            time: jiff::Timestamp::now(),
+            tree,
+            paths: vec!["/".into()],
+            hostname: "h".into(),
+            username: "u".into(),
+            tags: vec![],
+            parent: None,
+            source: SourceKind::Files,
+            program_version: "test".into(),
+            summary: None,
+            source_state: None,
+        }
+    }
+
+    #[test]
+    fn a_damaged_tree_shared_by_two_snapshots_is_named_in_each() {
+        let options = InitOptions {
+            kdf: KdfParams::insecure_for_tests(),
+            pack_size: 64 * 1024,
+            ..Default::default()
+        };
+        let repo = Repository::init(Storage::memory().unwrap(), b"pw", &options).unwrap();
+        let indexed = repo.clone().load_index().unwrap();
+        let writer = BlobWriter::new(&indexed, &WriterOptions::default());
+        let noise = |seed: u8| -> Vec<u8> {
+            let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..100_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let (bad, _) = writer.add(BlobType::Data, noise(1)).unwrap();
+        let (good, _) = writer.add(BlobType::Data, noise(2)).unwrap();
+        let file = |name: &str, blob: Id| {
+            let mut node = Node::new(name.as_bytes().to_vec(), NodeKind::File);
+            node.content.push(blob);
+            node
+        };
+        let (shared, _) = writer
+            .add(
+                BlobType::Tree,
+                Tree::new(vec![file("bad", bad), file("good", good)]).to_bytes(),
+            )
+            .unwrap();
+        let mut roots = Vec::new();
+        for dir in ["x", "y"] {
+            let mut node = Node::new(dir.as_bytes().to_vec(), NodeKind::Dir);
+            node.subtree = Some(shared);
+            let (root, _) = writer
+                .add(BlobType::Tree, Tree::new(vec![node]).to_bytes())
+                .unwrap();
+            roots.push(root);
+        }
+        writer.finish().unwrap();
+        for root in roots {
+            repo.save_snapshot(&snapshot(root)).unwrap();
+        }
+        let indexed = repo.clone().load_index().unwrap();
+        let bad_pack = indexed.index().pack(indexed.index().get(&bad).unwrap()).id;
+        let good_pack = indexed.index().pack(indexed.index().get(&good).unwrap()).id;
+        assert_ne!(
+            bad_pack, good_pack,
+            "the test needs the blobs in separate packs"
+        );
+        repo.storage()
+            .delete(&crate::repository::pack_key(&bad_pack))
+            .unwrap();
+
+        let dry = SnapshotRepairOptions {
+            dry_run: true,
+            ..Default::default()
+        };
+        let report = repair_snapshots(&indexed, &dry, &WriterOptions::default()).unwrap();
+        let mut lost: Vec<Vec<String>> = report
+            .damaged
+            .iter()
+            .map(|d| d.lost_paths.clone())
+            .collect();
+        lost.sort();
+        assert_eq!(
+            lost,
+            [vec!["/x/bad".to_string()], vec!["/y/bad".to_string()]]
+        );
+
+        let report = repair_snapshots(
+            &indexed,
+            &SnapshotRepairOptions::default(),
+            &WriterOptions::default(),
+        )
+        .unwrap();
+        let repaired = repo.clone().load_index().unwrap();
+        for damaged in &report.damaged {
+            let root = repaired
+                .read_tree(&repo.load_snapshot(&damaged.repaired.unwrap()).unwrap().tree)
+                .unwrap();
+            let dir = repaired.read_tree(&root.nodes[0].subtree.unwrap()).unwrap();
+            let names: Vec<String> = dir.nodes.iter().map(|n| n.name.to_string()).collect();
+            assert_eq!(names, ["good"]);
+        }
+    }
+}
