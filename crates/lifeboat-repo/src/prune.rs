@@ -46,6 +46,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// The shortest grace period prune accepts. Backups write their snapshot within half of it
 /// after checking the plans, which is what makes concurrent backups safe.
 pub const MIN_GRACE: Duration = Duration::from_secs(10);
+/// How long a swept plan stays (slimmed to the list of packs its sweep deleted). A backup that
+/// deduplicated against a pack before a prune doomed it learns from the swept plan that the
+/// pack is gone; a backup whose index is older than half this checks storage itself.
+pub const SWEPT_PLAN_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 const PLAN_VERSION: u32 = 1;
 
 /// Environment variable that makes prune abort itself at a named step; for crash tests only.
@@ -88,8 +92,12 @@ impl Plan {
 
     /// When a sweep may run (or, once swept, when the plan may go).
     pub fn due_at(&self) -> jiff::Timestamp {
+        let wait = match self.swept {
+            None => self.grace_secs,
+            Some(_) => self.grace_secs.max(SWEPT_PLAN_KEEP.as_secs()),
+        };
         let since = self.swept.unwrap_or(self.created);
-        since + jiff::SignedDuration::from_secs(self.grace_secs.min(i64::MAX as u64) as i64)
+        since + jiff::SignedDuration::from_secs(wait.min(i64::MAX as u64) as i64)
     }
 }
 
@@ -100,29 +108,59 @@ fn save_plan(repo: &Repository, plan: &Plan) -> Result<Id> {
 }
 
 /// All prune plans in the repository, oldest first.
+///
+/// A sweep stores its plan again as swept and then deletes the unswept one. A listing taken
+/// between the two names the old plan, which is gone when it is read, and lacks the new one; a
+/// reader that went on would not know the plan's packs were deleted. So a plan that vanishes
+/// makes the listing stale, and the plans are listed again.
 pub fn load_plans(repo: &Repository) -> Result<Vec<(Id, Plan)>> {
-    let mut plans = Vec::new();
-    for id in repo.list_ids(PLANS_PREFIX)? {
-        match repo.load_object(PLANS_PREFIX, ObjectKind::PrunePlan, &id) {
-            Ok(plain) => {
-                let plan: Plan = serde_json::from_slice(&plain)
-                    .map_err(|e| Error::malformed(format!("prune plan {id}"), e.to_string()))?;
-                if plan.version > PLAN_VERSION {
-                    return Err(Error::UnsupportedVersion {
-                        what: format!("prune plan {id}"),
-                        found: plan.version,
-                        supported: PLAN_VERSION,
-                    });
-                }
-                plans.push((id, plan));
+    const ATTEMPTS: usize = 20;
+    for attempt in 1..=ATTEMPTS {
+        let mut plans = Vec::new();
+        let mut vanished = None;
+        for id in repo.list_ids(PLANS_PREFIX)? {
+            match repo.load_object(PLANS_PREFIX, ObjectKind::PrunePlan, &id) {
+                Ok(plain) => plans.push((id, decode_plan(&id, &plain)?)),
+                Err(Error::Storage(e)) if e.is_not_found() => vanished = Some(id),
+                Err(e) => return Err(e),
             }
-            // Swept and replaced by a concurrent prune between the listing and the read.
-            Err(Error::Storage(e)) if e.is_not_found() => {}
-            Err(e) => return Err(e),
+        }
+        match vanished {
+            None => {
+                plans.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
+                return Ok(plans);
+            }
+            Some(id) if attempt < ATTEMPTS => {
+                tracing::debug!(
+                    "prune plan {} vanished while read; listing again",
+                    id.short()
+                );
+            }
+            Some(id) => {
+                return Err(Error::malformed(
+                    format!("prune plan {id}"),
+                    format!(
+                        "prune plans kept vanishing while they were read, {ATTEMPTS} times in a \
+                         row; try again"
+                    ),
+                ));
+            }
         }
     }
-    plans.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
-    Ok(plans)
+    unreachable!("the last attempt returns")
+}
+
+fn decode_plan(id: &Id, plain: &[u8]) -> Result<Plan> {
+    let plan: Plan = serde_json::from_slice(plain)
+        .map_err(|e| Error::malformed(format!("prune plan {id}"), e.to_string()))?;
+    if plan.version > PLAN_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: format!("prune plan {id}"),
+            found: plan.version,
+            supported: PLAN_VERSION,
+        });
+    }
+    Ok(plan)
 }
 
 /// How prune decides.
@@ -479,9 +517,43 @@ fn sweep(
             .into_iter()
             .filter(|r| rescued.contains(&r.id)),
     );
-    repo.commit_index(&records, &listed_index)?;
+    let committed = repo.commit_index(&records, &listed_index)?;
     drop(records);
     crash_point("sweep-indexed");
+    // A backup may have indexed a doomed pack (one in flight at the mark) after the listing
+    // above: its index object is in force and names the pack, so the pack stays.
+    let listed: IdSet = listed_index.iter().copied().collect();
+    let mut late = IdSet::default();
+    for id in repo.list_ids(INDEX_PREFIX)? {
+        if listed.contains(&id) || Some(id) == committed {
+            continue;
+        }
+        match repo.load_index_file(&id) {
+            Ok(file) => late.extend(
+                file.packs
+                    .iter()
+                    .map(|p| p.id)
+                    .filter(|p| deleting.contains(p)),
+            ),
+            Err(Error::Storage(e)) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut deletable = deletable;
+    if !late.is_empty() {
+        tracing::info!(
+            "{} doomed packs were indexed after the sweep began; they stay",
+            late.len()
+        );
+        deletable.retain(|id| !late.contains(id));
+        report.packs_rescued += late.len() as u64;
+        for id in &late {
+            if let Some(size) = stored.get(id) {
+                report.packs_deleted -= 1;
+                report.bytes_freed -= size;
+            }
+        }
+    }
     for id in &deletable {
         delete_ignoring_missing(repo, &pack_key(id))?;
     }
@@ -492,8 +564,13 @@ fn sweep(
         }
     }
     crash_point("sweep-index-deleted");
+    // What a backup that started before this sweep needs to learn from the plan is which packs
+    // are gone; the walk's records (the bulk of a plan) and the packs that stayed are dropped.
     let swept = Plan {
         swept: Some(now.max(jiff::Timestamp::now())),
+        snapshots: Vec::new(),
+        used_trees: Vec::new(),
+        doomed: deletable,
         ..plan
     };
     save_plan(repo, &swept)?;
@@ -761,6 +838,11 @@ pub fn save_snapshot_guarded(
 ) -> Result<Id> {
     const ATTEMPTS: usize = 5;
     let limit = MIN_GRACE / 2;
+    if repo.index_age() >= SWEPT_PLAN_KEEP / 2 {
+        // A plan swept since the index was read may be gone by now, and with it the record of
+        // which packs were deleted: ask storage instead.
+        refresh_index_from_storage(repo, snapshot.tree)?;
+    }
     for attempt in 1..=ATTEMPTS {
         let checked = Instant::now();
         let changed = protect_tree(repo, snapshot.tree, writer_options)?;
@@ -777,6 +859,34 @@ pub fn save_snapshot_guarded(
         return Ok(id);
     }
     unreachable!("the last attempt always writes")
+}
+
+/// Replaces `repo`'s index by the index in storage, without packs that are no longer stored,
+/// and fails if a blob below `root` is not in it.
+fn refresh_index_from_storage(repo: &mut IndexedRepository, root: Id) -> Result<()> {
+    let files = repo.read_index_files()?.in_force;
+    let stored = stored_packs(repo)?;
+    let gone: IdSet = distinct_records(&files)
+        .into_iter()
+        .map(|record| record.id)
+        .filter(|id| !stored.contains_key(id))
+        .collect();
+    let fresh = Index::from_files(&files, &gone);
+    repo.replace_index(fresh);
+    let index = repo.index().clone();
+    let mut missing = 0usize;
+    let walked = walk_blobs(repo, root, &mut IdSet::default(), &mut |id, _| {
+        missing += usize::from(!index.contains(&id));
+        Ok(())
+    });
+    match walked {
+        Err(Error::MissingBlob(_)) => Err(Error::PrunedConcurrently {
+            blobs: missing.max(1),
+        }),
+        Err(e) => Err(e),
+        Ok(()) if missing > 0 => Err(Error::PrunedConcurrently { blobs: missing }),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Stores again the blobs below `root` that only doomed packs hold. Returns whether it stored
@@ -928,6 +1038,11 @@ mod tests {
     /// A backup of files given as (name, seeds of their chunks), through the guarded save,
     /// with the index loaded from `indexed` (so a test can make it stale).
     fn backup_with(indexed: &mut IndexedRepository, files: &[(&str, &[u64])]) -> Id {
+        try_backup_with(indexed, files).unwrap()
+    }
+
+    /// [`backup_with`], returning what the guarded save returns.
+    fn try_backup_with(indexed: &mut IndexedRepository, files: &[(&str, &[u64])]) -> Result<Id> {
         let writer = BlobWriter::new(indexed, &WriterOptions::default());
         let mut nodes = Vec::new();
         for (name, seeds) in files {
@@ -943,7 +1058,7 @@ mod tests {
             .unwrap();
         let stats = writer.finish().unwrap();
         indexed.add_packs(stats.packs);
-        save_snapshot_guarded(indexed, &test_snapshot(tree), &WriterOptions::default()).unwrap()
+        save_snapshot_guarded(indexed, &test_snapshot(tree), &WriterOptions::default())
     }
 
     fn test_snapshot(tree: Id) -> Snapshot {
@@ -1028,7 +1143,12 @@ mod tests {
         let plans = load_plans(&repo).unwrap();
         assert_eq!(plans.len(), 1);
         assert!(plans[0].1.swept.is_some());
-        let cleaned = prune_at(&repo, &options(), later(30)).unwrap();
+        // Slimmed: what a backup that started before the sweep needs is the list of packs.
+        assert!(plans[0].1.used_trees.is_empty() && plans[0].1.snapshots.is_empty());
+        let kept = prune_at(&repo, &options(), later(30)).unwrap();
+        assert_eq!(kept.plans_removed, 0);
+        let keep = SWEPT_PLAN_KEEP.as_secs() as i64;
+        let cleaned = prune_at(&repo, &options(), later(keep + 30)).unwrap();
         assert_eq!(cleaned.plans_removed, 1);
         assert!(load_plans(&repo).unwrap().is_empty());
         assert_all_snapshots_readable(&repo);
@@ -1047,6 +1167,75 @@ mod tests {
         prune_at(&repo, &options(), later(11)).unwrap();
         assert!(repo.snapshots().unwrap().iter().any(|s| s.id == reused));
         assert_all_snapshots_readable(&repo);
+    }
+
+    /// Regression: the swept plan used to go one grace period after its sweep, and with it
+    /// the only record that the packs were deleted; a backup that had deduplicated against
+    /// them before the mark then wrote a snapshot whose data was gone.
+    #[test]
+    fn a_backup_that_outlived_a_sweep_of_what_it_reused_is_refused() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
+        let mut stale = repo.clone().load_index().unwrap();
+        repo.forget_snapshot(&old).unwrap();
+        let marked = prune(&repo, &options()).unwrap();
+        assert!(marked.mark.packs_unused > 0);
+        let swept = prune_at(&repo, &options(), later(11)).unwrap();
+        assert_eq!(swept.swept[0].packs_deleted, marked.mark.packs_unused);
+        // Runs that would once have removed the swept plan.
+        prune_at(&repo, &options(), later(40)).unwrap();
+        prune_at(&repo, &options(), later(80)).unwrap();
+
+        let before = repo.snapshots().unwrap().len();
+        let refused = try_backup_with(&mut stale, &[("again", &[1, 2, 3])]);
+        assert!(
+            matches!(refused, Err(Error::PrunedConcurrently { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(
+            repo.snapshots().unwrap().len(),
+            before,
+            "no snapshot written"
+        );
+        assert_all_snapshots_readable(&repo);
+    }
+
+    /// A backup whose index is older than swept plans are kept checks storage itself.
+    #[test]
+    fn an_index_older_than_the_swept_plans_is_checked_against_storage() {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
+        let mut stale = repo.clone().load_index().unwrap();
+        repo.forget_snapshot(&old).unwrap();
+        prune(&repo, &options()).unwrap();
+        prune_at(&repo, &options(), later(11)).unwrap();
+        let keep = SWEPT_PLAN_KEEP.as_secs() as i64;
+        let removed = prune_at(&repo, &options(), later(keep + 60)).unwrap();
+        assert_eq!(removed.plans_removed, 1, "no record of the sweep is left");
+
+        // What the stale backup stores, deduplicating against the deleted packs.
+        let writer = BlobWriter::new(&stale, &WriterOptions::default());
+        let mut node = Node::new(b"again".to_vec(), NodeKind::File);
+        node.content
+            .push(writer.add(BlobType::Data, noise(1, 20_000)).unwrap().0);
+        let (tree, _) = writer
+            .add(BlobType::Tree, Tree::new(vec![node]).to_bytes())
+            .unwrap();
+        stale.add_packs(writer.finish().unwrap().packs);
+
+        let refused = refresh_index_from_storage(&mut stale, tree);
+        assert!(
+            matches!(refused, Err(Error::PrunedConcurrently { blobs: 1 })),
+            "{refused:?}"
+        );
+        // A backup of new data passes the same check.
+        let mut fresh = repo.clone().load_index().unwrap();
+        let writer = BlobWriter::new(&fresh, &WriterOptions::default());
+        let (tree, _) = writer
+            .add(BlobType::Tree, Tree::new(vec![]).to_bytes())
+            .unwrap();
+        fresh.add_packs(writer.finish().unwrap().packs);
+        refresh_index_from_storage(&mut fresh, tree).unwrap();
     }
 
     #[test]

@@ -494,11 +494,13 @@ impl Repository {
     /// while both are in storage; the `supersedes` lists say which ones count. Objects written
     /// by concurrent backups are superseded by nobody and always count.
     pub fn load_index(self) -> Result<IndexedRepository> {
+        let index_read_at = std::time::Instant::now();
         let index = self.read_index()?;
         Ok(IndexedRepository {
             repo: self,
             index: Arc::new(index),
             tree_packs: Arc::default(),
+            index_read_at,
         })
     }
 
@@ -519,26 +521,58 @@ impl Repository {
     /// Lists and reads the index objects: the names listed, and the objects in force (those no
     /// other object supersedes) with their contents.
     pub fn read_index_files(&self) -> Result<IndexFiles> {
-        let listed = self.list_ids(INDEX_PREFIX)?;
+        // A sweep commits one object superseding everything it listed, then deletes what it
+        // superseded. A listing taken before that commit names objects that may be gone when
+        // they are read, and lacks their replacement: such a listing is stale, so list again.
+        const ATTEMPTS: usize = 20;
+        let mut vanished = Vec::new();
+        for attempt in 1..=ATTEMPTS {
+            let listed = self.list_ids(INDEX_PREFIX)?;
+            match self.read_listed_index_files(listed)? {
+                Ok(files) => return Ok(files),
+                Err(stale) => {
+                    tracing::debug!(
+                        "index object {} vanished while the index was read (attempt {attempt});                          listing again",
+                        stale[0].short()
+                    );
+                    vanished = stale;
+                }
+            }
+        }
+        Err(Error::malformed(
+            format!("index (object {} and others)", vanished[0]),
+            format!(
+                "index objects kept vanishing while they were read, {ATTEMPTS} times in a row                  (is a prune sweeping in a loop?); try again"
+            ),
+        ))
+    }
+
+    /// Reads the index objects of one listing. `Err` holds the listed objects that vanished
+    /// before they were read without any object read superseding them: the listing predates
+    /// their replacement, and a reader that went on would miss the packs they named.
+    fn read_listed_index_files(&self, listed: Vec<Id>) -> Result<Result<IndexFiles, Vec<Id>>> {
         let mut files = Vec::new();
         let mut superseded = IdSet::default();
+        let mut vanished = Vec::new();
         for id in &listed {
             match self.load_index_file(id) {
                 Ok(file) => {
                     superseded.extend(file.supersedes.iter().copied());
                     files.push((*id, file));
                 }
-                // Deleted between the listing and the read: a prune sweep removed a superseded
-                // object, whose replacement is in the listing.
-                Err(Error::Storage(e)) if e.is_not_found() => {}
+                Err(Error::Storage(e)) if e.is_not_found() => vanished.push(*id),
                 Err(e) => return Err(e),
             }
         }
+        vanished.retain(|id| !superseded.contains(id));
+        if !vanished.is_empty() {
+            return Ok(Err(vanished));
+        }
         files.retain(|(id, _)| !superseded.contains(id));
-        Ok(IndexFiles {
+        Ok(Ok(IndexFiles {
             listed,
             in_force: files,
-        })
+        }))
     }
 
     /// Writes `packs` as one new index object that supersedes `supersedes`.
@@ -563,6 +597,7 @@ impl Repository {
             repo: self,
             index: Arc::new(index),
             tree_packs: Arc::default(),
+            index_read_at: std::time::Instant::now(),
         }
     }
 
@@ -625,6 +660,8 @@ pub struct IndexedRepository {
     repo: Repository,
     index: Arc<Index>,
     tree_packs: Arc<TreePackCache>,
+    /// When the index began to be read: what a prune did after this, the index cannot show.
+    index_read_at: std::time::Instant,
 }
 
 /// Whole tree packs kept in memory: walking a snapshot reads one tree per directory, and one
@@ -661,9 +698,15 @@ impl IndexedRepository {
         &self.index
     }
 
-    /// Replaces the loaded index (e.g. with a freshly read one).
+    /// How long ago the loaded index began to be read (replacing it starts the clock again).
+    pub fn index_age(&self) -> std::time::Duration {
+        self.index_read_at.elapsed()
+    }
+
+    /// Replaces the loaded index with one read just now.
     pub fn replace_index(&mut self, index: Index) {
         self.index = Arc::new(index);
+        self.index_read_at = std::time::Instant::now();
         // The cache is keyed by pack position, which a new index renumbers.
         self.tree_packs = Arc::default();
     }
@@ -775,6 +818,74 @@ mod tests {
 
         repo.delete_stream_object("db1", "0001").unwrap();
         assert_eq!(repo.list_stream_objects("db1").unwrap(), ["0002"]);
+    }
+
+    /// Stores one blob per writer, `objects` times, each writer leaving one index object.
+    fn write_index_objects(repo: &Repository, objects: u64) -> Vec<Id> {
+        let mut ids = Vec::new();
+        for n in 0..objects {
+            let writer = crate::writer::BlobWriter::new(
+                &repo.clone().load_index().unwrap(),
+                &crate::writer::WriterOptions::default(),
+            );
+            let (id, _) = writer
+                .add(crate::pack::BlobType::Data, n.to_le_bytes().repeat(100))
+                .unwrap();
+            writer.finish().unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Regression: a backup that listed the index objects just before a prune sweep replaced
+    /// them read none of them (deleted) and not the replacement (unlisted), and failed with
+    /// "blob … is not in the index" (seen in the prune concurrency soak).
+    #[test]
+    fn a_listing_overtaken_by_a_sweep_is_taken_again() {
+        let repo = test_repo();
+        let blobs = write_index_objects(&repo, 3);
+        let stale = repo.list_ids(INDEX_PREFIX).unwrap();
+        assert_eq!(stale.len(), 3);
+
+        // What a sweep does between the reader's listing and its reads.
+        let files = repo.read_index_files().unwrap();
+        let records: Vec<PackRecord> = files
+            .in_force
+            .iter()
+            .flat_map(|(_, f)| f.packs.clone())
+            .collect();
+        let replacement = repo.commit_index(&records, &stale).unwrap().unwrap();
+        for id in &stale {
+            repo.storage()
+                .delete(&format!("{INDEX_PREFIX}{id}"))
+                .unwrap();
+        }
+
+        let vanished = repo
+            .read_listed_index_files(stale.clone())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            vanished.len(),
+            3,
+            "every object of the stale listing is gone"
+        );
+
+        // A listing that has the replacement is complete although superseded objects vanished.
+        let mut with_replacement = stale;
+        with_replacement.push(replacement);
+        let complete = repo
+            .read_listed_index_files(with_replacement)
+            .unwrap()
+            .unwrap();
+        assert_eq!(complete.in_force.len(), 1);
+
+        let fresh = repo.read_index_files().unwrap();
+        assert_eq!(fresh.in_force[0].0, replacement);
+        let index = repo.read_index().unwrap();
+        for blob in &blobs {
+            assert!(index.contains(blob), "blob {blob} lost from the index");
+        }
     }
 
     #[test]
