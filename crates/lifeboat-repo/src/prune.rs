@@ -522,23 +522,7 @@ fn sweep(
     crash_point("sweep-indexed");
     // A backup may have indexed a doomed pack (one in flight at the mark) after the listing
     // above: its index object is in force and names the pack, so the pack stays.
-    let listed: IdSet = listed_index.iter().copied().collect();
-    let mut late = IdSet::default();
-    for id in repo.list_ids(INDEX_PREFIX)? {
-        if listed.contains(&id) || Some(id) == committed {
-            continue;
-        }
-        match repo.load_index_file(&id) {
-            Ok(file) => late.extend(
-                file.packs
-                    .iter()
-                    .map(|p| p.id)
-                    .filter(|p| deleting.contains(p)),
-            ),
-            Err(Error::Storage(e)) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let late = indexed_since(repo, &listed_index, committed, &deleting)?;
     let mut deletable = deletable;
     if !late.is_empty() {
         tracing::info!(
@@ -576,6 +560,34 @@ fn sweep(
     save_plan(repo, &swept)?;
     delete_ignoring_missing(repo, &format!("{PLANS_PREFIX}{plan_id}"))?;
     Ok(report)
+}
+
+/// Of `packs`, those that index objects written since `listed` was listed (other than
+/// `committed`) name.
+fn indexed_since(
+    repo: &Repository,
+    listed: &[Id],
+    committed: Option<Id>,
+    packs: &IdSet,
+) -> Result<IdSet> {
+    let listed: IdSet = listed.iter().copied().collect();
+    let mut named = IdSet::default();
+    for id in repo.list_ids(INDEX_PREFIX)? {
+        if listed.contains(&id) || Some(id) == committed {
+            continue;
+        }
+        match repo.load_index_file(&id) {
+            Ok(file) => named.extend(
+                file.packs
+                    .iter()
+                    .map(|p| p.id)
+                    .filter(|p| packs.contains(p)),
+            ),
+            Err(Error::Storage(e)) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(named)
 }
 
 /// Usage of one pack.
@@ -1236,6 +1248,37 @@ mod tests {
             .unwrap();
         fresh.add_packs(writer.finish().unwrap().packs);
         refresh_index_from_storage(&mut fresh, tree).unwrap();
+    }
+
+    /// A pack in flight at the mark and indexed after the sweep listed the index is named by
+    /// an index object in force; the sweep must see it there and keep the pack.
+    #[test]
+    fn packs_indexed_after_the_sweep_listed_the_index_are_found() {
+        let repo = new_repo();
+        backup(&repo, &[("a", &[1, 2])]);
+        let listed = repo.list_ids(INDEX_PREFIX).unwrap();
+        let before: IdSet = stored_packs(&repo).unwrap().into_keys().collect();
+        backup(&repo, &[("b", &[3, 4])]);
+        let new_packs: IdSet = stored_packs(&repo)
+            .unwrap()
+            .into_keys()
+            .filter(|id| !before.contains(id))
+            .collect();
+        assert!(!new_packs.is_empty());
+        let mut candidates = new_packs.clone();
+        candidates.extend(before.iter().copied());
+        let late = indexed_since(&repo, &listed, None, &candidates).unwrap();
+        assert_eq!(late, new_packs);
+        // The sweep's own commit does not count.
+        let written: Vec<Id> = repo
+            .list_ids(INDEX_PREFIX)
+            .unwrap()
+            .into_iter()
+            .filter(|id| !listed.contains(id))
+            .collect();
+        assert_eq!(written.len(), 1);
+        let late = indexed_since(&repo, &listed, Some(written[0]), &candidates).unwrap();
+        assert!(late.is_empty());
     }
 
     #[test]
