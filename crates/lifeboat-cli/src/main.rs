@@ -175,8 +175,10 @@ enum RepairCommand {
 enum KeyCommand {
     /// List key files: id, creation time, host and user.
     List,
-    /// Add a password. The new one comes from --new-password-file or a prompt.
-    Add(NewPasswordArgs),
+    /// Add a password (from --new-password-file or a prompt), or with --machine a machine key:
+    /// a random token for programs that start often, such as PostgreSQL's archive_command,
+    /// which opens the repository without the 0.2 s argon2id derivation of a password.
+    Add(KeyAddArgs),
     /// Remove a key file (never the last one).
     Remove {
         /// Key id or unique prefix.
@@ -184,6 +186,19 @@ enum KeyCommand {
     },
     /// Change the password used now: adds a key with the new password, then removes this one.
     Passwd(NewPasswordArgs),
+}
+
+#[derive(Args)]
+struct KeyAddArgs {
+    /// Generate a machine key instead of asking for a password (see `docs/security.md`).
+    #[arg(long, conflicts_with = "new_password_file")]
+    machine: bool,
+    /// With --machine: write the token to this new file (mode 0600) instead of standard
+    /// output; use it as the --password-file of the program.
+    #[arg(long, requires = "machine", value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    password: NewPasswordArgs,
 }
 
 #[derive(Args)]
@@ -1297,6 +1312,7 @@ fn key(global: &GlobalArgs, command: &KeyCommand) -> Result<ExitCode> {
                         serde_json::json!({
                             "id": id, "current": *id == repo.key_id(), "created": k.created,
                             "hostname": k.hostname, "username": k.username,
+                            "kind": if k.is_machine() { "machine" } else { "password" },
                         })
                     })
                     .collect();
@@ -1305,17 +1321,38 @@ fn key(global: &GlobalArgs, command: &KeyCommand) -> Result<ExitCode> {
                 for (id, k) in &keys {
                     let mark = if *id == repo.key_id() { "*" } else { " " };
                     println!(
-                        "{mark} {}  {}  {}@{}",
+                        "{mark} {}  {}  {:8}  {}@{}",
                         id.short(),
                         k.created,
+                        if k.is_machine() {
+                            "machine"
+                        } else {
+                            "password"
+                        },
                         k.username,
                         k.hostname
                     );
                 }
             }
         }
+        KeyCommand::Add(args) if args.machine => {
+            let (id, token) = repo.add_machine_key(&hostname(), &username())?;
+            match &args.output {
+                Some(path) => {
+                    write_secret_file(path, &token)?;
+                    if !global.quiet {
+                        println!(
+                            "added machine key {}; its token is in {}",
+                            id.short(),
+                            path.display()
+                        );
+                    }
+                }
+                None => println!("{}", token.as_str()),
+            }
+        }
         KeyCommand::Add(args) => {
-            let (password, kdf) = new_password(args)?;
+            let (password, kdf) = new_password(&args.password)?;
             let id = repo.add_key(password.as_bytes(), kdf, &hostname(), &username())?;
             if !global.quiet {
                 println!("added key {}", id.short());
@@ -1353,6 +1390,22 @@ fn key(global: &GlobalArgs, command: &KeyCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path` readable by its owner only and writes `secret` and a newline to it; refuses
+/// to replace an existing file.
+fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    writeln!(file, "{secret}")
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn forget(

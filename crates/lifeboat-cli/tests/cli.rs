@@ -441,6 +441,58 @@ fn keys_add_list_remove_and_passwd() {
 }
 
 #[test]
+fn a_machine_key_opens_the_repository_from_its_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.init();
+    let token = env.path("machine-token");
+    env.run(&["key", "add", "--machine", "--output", &text_of(&token)])
+        .success()
+        .stdout(predicate::str::contains("added machine key"));
+    let mode = fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the token file is the owner's only");
+    assert!(fs::read_to_string(&token).unwrap().starts_with("lbk1_"));
+    // A token file is never replaced.
+    env.run(&["key", "add", "--machine", "--output", &text_of(&token)])
+        .failure()
+        .stderr(predicate::str::contains("must not exist yet"));
+
+    let list = env.cmd().args(["key", "list", "--json"]).output().unwrap();
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    let kinds: Vec<&str> = keys.iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "machine").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == "password").count(), 1);
+
+    let by_token = env
+        .cmd()
+        .env("LIFEBOAT_PASSWORD_FILE", &token)
+        .args(["key", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(by_token.status.success());
+    let keys: Vec<serde_json::Value> = serde_json::from_slice(&by_token.stdout).unwrap();
+    let current = keys.iter().find(|k| k["current"] == true).unwrap();
+    assert_eq!(current["kind"], "machine");
+    // Without --output the token goes to standard output, for a secret manager to take.
+    let printed = env
+        .cmd()
+        .args(["key", "add", "--machine"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&printed.stdout).starts_with("lbk1_"));
+    // A made-up token opens nothing.
+    let fake = env.path("fake-token");
+    fs::write(&fake, format!("lbk1_{}\n", "A".repeat(43))).unwrap();
+    assert_cmd::assert::OutputAssertExt::assert(
+        env.cmd()
+            .env("LIFEBOAT_PASSWORD_FILE", &fake)
+            .arg("snapshots"),
+    )
+    .failure()
+    .stderr(predicate::str::contains("wrong password"));
+}
+
+#[test]
 fn ls_dump_diff_stats_browse_without_restoring() {
     let env = Env::new();
     let source = env.path("source");

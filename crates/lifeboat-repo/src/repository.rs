@@ -196,10 +196,15 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let keys = storage.list(KEYS_PREFIX)?;
-        let mut opened = None;
+        let mut files = Vec::with_capacity(keys.len());
         for object in &keys {
             let bytes = storage.get(&object.key)?;
-            let file = KeyFile::from_bytes(&bytes, &object.key)?;
+            files.push((object, KeyFile::from_bytes(&bytes, &object.key)?));
+        }
+        // Machine keys cost nothing to try, password keys an argon2id derivation each.
+        files.sort_by_key(|(_, file)| !file.is_machine());
+        let mut opened = None;
+        for (object, file) in &files {
             if let Some(secret) = file.unwrap_secret(password, &object.key)? {
                 let name = object.key.trim_start_matches(KEYS_PREFIX);
                 opened = Some((secret, Id::from_hex(name).unwrap_or_default()));
@@ -280,6 +285,21 @@ impl Repository {
         self.storage
             .put(&format!("{KEYS_PREFIX}{id}"), Bytes::from(bytes))?;
         Ok(id)
+    }
+
+    /// Adds a machine key (see [`crate::keyfile`]): returns its id and the token that opens it.
+    pub fn add_machine_key(
+        &self,
+        hostname: &str,
+        username: &str,
+    ) -> Result<(Id, zeroize::Zeroizing<String>)> {
+        let token = crate::keyfile::generate_machine_token();
+        let file = KeyFile::wrap_machine(&self.key, &token, hostname, username)?;
+        let bytes = file.to_bytes();
+        let id = Id::of_stored_bytes(&bytes);
+        self.storage
+            .put(&format!("{KEYS_PREFIX}{id}"), Bytes::from(bytes))?;
+        Ok((id, token))
     }
 
     /// Removes a key file. Refuses to remove the last one, which would lock everyone out.
@@ -886,6 +906,22 @@ mod tests {
         for blob in &blobs {
             assert!(index.contains(blob), "blob {blob} lost from the index");
         }
+    }
+
+    #[test]
+    fn a_machine_key_opens_the_repository_beside_passwords() {
+        let repo = test_repo();
+        let (id, token) = repo.add_machine_key("h", "u").unwrap();
+        let by_token = Repository::open(repo.storage().clone(), token.as_bytes()).unwrap();
+        assert_eq!(by_token.key_id(), id);
+        assert_eq!(by_token.config().id, repo.config().id);
+        let by_password = Repository::open(repo.storage().clone(), b"pw").unwrap();
+        assert_ne!(by_password.key_id(), id);
+        let wrong = crate::keyfile::generate_machine_token();
+        assert!(matches!(
+            Repository::open(repo.storage().clone(), wrong.as_bytes()),
+            Err(Error::WrongPassword { keys: 2, .. })
+        ));
     }
 
     #[test]
