@@ -40,8 +40,12 @@ pub enum PgCommand {
 #[derive(Args)]
 pub struct PgExpireArgs {
     /// How many complete base backups to keep (at least 1).
-    #[arg(long, value_name = "N")]
-    keep: usize,
+    #[arg(long, value_name = "N", required_unless_present = "keep_within")]
+    keep: Option<usize>,
+    /// Keep every moment of this recovery window restorable (e.g. 7d): the backups that
+    /// stopped within it and the newest one before it, with the WAL from that one's start.
+    #[arg(long, value_name = "DURATION", value_parser = lifeboat_repo::retention::parse_duration)]
+    keep_within: Option<jiff::Span>,
     /// Show what would be forgotten and deleted, change nothing.
     #[arg(short = 'n', long)]
     dry_run: bool,
@@ -639,7 +643,11 @@ fn status(global: &GlobalArgs, args: &PgStatusArgs) -> Result<ExitCode> {
 fn expire(global: &GlobalArgs, args: &PgExpireArgs) -> Result<ExitCode> {
     let repo = crate::open(global)?;
     let stream = repository_stream(&repo, &args.stream)?;
-    let plan = lifeboat_postgres::expire::plan_for(&repo, &stream, args.keep)?;
+    let policy = lifeboat_postgres::expire::ExpirePolicy {
+        keep_last: args.keep,
+        keep_within: args.keep_within,
+    };
+    let plan = lifeboat_postgres::expire::plan_for(&repo, &stream, &policy)?;
     if !args.dry_run {
         lifeboat_postgres::expire::apply(&repo, &stream, &plan)?;
     }

@@ -491,6 +491,14 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
     let (_, count) = restore_and_count("restore-latest", &["--latest"]);
     assert_eq!(count, total as i64);
 
+    // A recovery window that reaches back past both backups keeps them and all WAL.
+    let window = world.lifeboat_json(&["pg", "expire", "--keep-within", "1d", "--dry-run"]);
+    assert_eq!(window["keep"].as_array().unwrap().len(), 2, "{window}");
+    assert!(
+        window["delete_wal"].as_array().unwrap().is_empty(),
+        "{window}"
+    );
+
     // Retention: keep the second backup and the WAL from its start; the first backup's
     // targets are then out of reach, the chain stays whole.
     let plan = world.lifeboat_json(&["pg", "expire", "--keep", "1"]);

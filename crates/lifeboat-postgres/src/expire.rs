@@ -1,4 +1,5 @@
-//! Retention: keep the newest N complete base backups and the WAL they need.
+//! Retention: keep the newest N complete base backups, or every moment of a recovery window,
+//! and the WAL they need.
 //!
 //! Plan, then apply: [`plan`] is a pure function of the backups and the archived file names,
 //! so it can be shown as a dry run and tested alone. Apply forgets the base backups first and
@@ -29,14 +30,25 @@ pub struct ExpirePlan {
     pub delete_wal: Vec<String>,
 }
 
-/// Plans keeping the newest `keep` complete backups of one cluster and the WAL from the oldest
-/// kept backup's start on.
+/// Which base backups retention keeps; a backup is kept if either rule keeps it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExpirePolicy {
+    /// The newest N complete backups.
+    pub keep_last: Option<usize>,
+    /// Every moment of this window before now stays restorable: the backups that stopped
+    /// within it, and the newest one that stopped before it (replay starts there).
+    pub keep_within: Option<jiff::Span>,
+}
+
+/// Plans retention for one cluster: the backups `policy` keeps, and the WAL from the oldest
+/// kept backup's start on. `now` is the end of a `keep_within` window.
 pub fn plan(
-    keep: usize,
+    policy: &ExpirePolicy,
+    now: jiff::Timestamp,
     backups: &[(Id, BackupState)],
     files: &[(String, WalFile)],
 ) -> Result<ExpirePlan> {
-    if keep == 0 {
+    if policy.keep_last == Some(0) {
         return Err(Error::Unusable(
             "--keep must be at least 1: without a base backup the WAL archive restores nothing"
                 .to_string(),
@@ -45,13 +57,37 @@ pub fn plan(
     let mut complete: Vec<&(Id, BackupState)> =
         backups.iter().filter(|(_, s)| s.complete).collect();
     complete.sort_by_key(|(_, s)| (s.stop_lsn, s.stop_time));
-    if complete.len() <= keep {
+    // Index of the oldest backup each rule keeps.
+    let by_count = policy.keep_last.map(|n| complete.len().saturating_sub(n));
+    let by_window = match policy.keep_within {
+        Some(span) => {
+            let start = now
+                .to_zoned(jiff::tz::TimeZone::system())
+                .checked_sub(span)
+                .map_err(|e| Error::Unusable(format!("recovery window {span}: {e}")))?
+                .timestamp();
+            let stopped = |s: &BackupState| s.stop_time.unwrap_or(s.start_time);
+            Some(
+                complete
+                    .iter()
+                    .rposition(|(_, s)| stopped(s) <= start)
+                    .unwrap_or(0),
+            )
+        }
+        None => None,
+    };
+    let Some(oldest_kept) = by_count.into_iter().chain(by_window).min() else {
+        return Err(Error::Unusable(
+            "say what to keep: --keep N and/or --keep-within DURATION".to_string(),
+        ));
+    };
+    if oldest_kept == 0 {
         return Ok(ExpirePlan {
             keep: complete.iter().map(|(id, _)| *id).collect(),
             ..Default::default()
         });
     }
-    let (old, kept) = complete.split_at(complete.len() - keep);
+    let (old, kept) = complete.split_at(oldest_kept);
     let oldest = &kept[0].1;
     let segment_size = oldest.segment_size;
     let from = WalFile::parse(&oldest.start_wal)
@@ -78,14 +114,19 @@ pub fn plan(
     })
 }
 
-/// Plans retention for `stream` in the repository.
-pub fn plan_for(repo: &Repository, stream: &str, keep: usize) -> Result<ExpirePlan> {
+/// Plans retention for `stream` in the repository, with a window ending now.
+pub fn plan_for(repo: &Repository, stream: &str, policy: &ExpirePolicy) -> Result<ExpirePlan> {
     let backups: Vec<(Id, BackupState)> = base_backups(repo)?
         .into_iter()
         .filter(|(_, _, s)| s.stream == stream)
         .map(|(id, _, s)| (id, s))
         .collect();
-    plan(keep, &backups, &archive::list(repo, stream)?)
+    plan(
+        policy,
+        jiff::Timestamp::now(),
+        &backups,
+        &archive::list(repo, stream)?,
+    )
 }
 
 /// Carries out a plan: forgets the backups, then deletes the WAL.
@@ -150,7 +191,7 @@ mod tests {
             backup(2, 4, true),
             backup(3, 5, true),
         ];
-        let plan = plan(2, &backups, &files).unwrap();
+        let plan = plan(&last(2), jiff::Timestamp::now(), &backups, &files).unwrap();
         assert_eq!(plan.keep, vec![Id([2; 32]), Id([3; 32])]);
         assert_eq!(plan.forget, vec![Id([1; 32]), Id([9; 32])]);
         assert_eq!(plan.wal_from.as_deref(), Some("000000010000000000000004"));
@@ -164,10 +205,83 @@ mod tests {
             ]
         );
         // Nothing to do when there are at most N backups; N = 0 is refused.
+        let now = jiff::Timestamp::now();
         assert_eq!(
-            super::plan(3, &backups, &files).unwrap().delete_wal.len(),
+            super::plan(&last(3), now, &backups, &files)
+                .unwrap()
+                .delete_wal
+                .len(),
             0
         );
-        assert!(super::plan(0, &backups, &files).is_err());
+        assert!(super::plan(&last(0), now, &backups, &files).is_err());
+        assert!(super::plan(&ExpirePolicy::default(), now, &backups, &files).is_err());
+    }
+
+    fn last(n: usize) -> ExpirePolicy {
+        ExpirePolicy {
+            keep_last: Some(n),
+            keep_within: None,
+        }
+    }
+
+    #[test]
+    fn a_recovery_window_keeps_the_backup_replay_starts_from() {
+        let day = |d: i64| jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(24 * d);
+        // Backups that stopped on days 1, 3, 5 and 8; "now" is day 10.
+        let backups: Vec<(Id, BackupState)> = [(1u8, 1i64, 2u64), (2, 3, 4), (3, 5, 6), (4, 8, 9)]
+            .into_iter()
+            .map(|(n, stopped, seg)| {
+                let (id, mut state) = backup(n, seg, true);
+                state.stop_time = Some(day(stopped));
+                (id, state)
+            })
+            .collect();
+        let files: Vec<(String, WalFile)> = (1..=9)
+            .map(|seg| {
+                let name = WalFile::segment(1, seg, DEFAULT_SEGMENT_SIZE).to_string();
+                let parsed = WalFile::parse(&name).unwrap();
+                (name, parsed)
+            })
+            .collect();
+        let within = |days: i64| ExpirePolicy {
+            keep_last: None,
+            keep_within: Some(jiff::Span::new().days(days)),
+        };
+        // Six days back is day 4: replay from the day-3 backup covers it.
+        let plan = plan(&within(6), day(10), &backups, &files).unwrap();
+        assert_eq!(plan.keep, vec![Id([2; 32]), Id([3; 32]), Id([4; 32])]);
+        assert_eq!(plan.forget, vec![Id([1; 32])]);
+        assert_eq!(plan.wal_from, Some(backups[1].1.start_wal.clone()));
+        assert_eq!(plan.delete_wal.len(), 3, "{:?}", plan.delete_wal);
+        // A window older than every backup keeps them all.
+        assert!(
+            super::plan(&within(30), day(10), &backups, &files)
+                .unwrap()
+                .forget
+                .is_empty()
+        );
+        // Either rule keeping a backup keeps it: the count keeps the newest two, the window one more.
+        let both = ExpirePolicy {
+            keep_last: Some(2),
+            ..within(6)
+        };
+        assert_eq!(
+            super::plan(&both, day(10), &backups, &files)
+                .unwrap()
+                .keep
+                .len(),
+            3
+        );
+        let both = ExpirePolicy {
+            keep_last: Some(4),
+            ..within(1)
+        };
+        assert_eq!(
+            super::plan(&both, day(10), &backups, &files)
+                .unwrap()
+                .keep
+                .len(),
+            4
+        );
     }
 }
