@@ -29,6 +29,32 @@ pub fn walk(
     Ok(())
 }
 
+/// Visits each tree below `root` once, skipping the trees in `visited` and adding those it
+/// reaches: `visit` gets the tree's id and the tree, or the error reading it (a caller that
+/// reports damage goes on; one that needs every tree returns the error). The subtrees of a tree
+/// that was read come next.
+pub fn walk_trees(
+    repo: &IndexedRepository,
+    root: Id,
+    visited: &mut IdSet,
+    visit: &mut dyn FnMut(Id, Result<&Tree>) -> Result<()>,
+) -> Result<()> {
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        if !visited.insert(id) {
+            continue;
+        }
+        match repo.read_tree(&id) {
+            Ok(tree) => {
+                visit(id, Ok(&tree))?;
+                stack.extend(tree.nodes.iter().filter_map(|node| node.subtree));
+            }
+            Err(e) => visit(id, Err(e))?,
+        }
+    }
+    Ok(())
+}
+
 /// The entry at `path` (absolute, as in the snapshot) below the root tree, if any. The root
 /// itself (`/`) is returned as a directory node named "/".
 pub fn lookup(repo: &IndexedRepository, root: &Id, path: &Path) -> Result<Option<Node>> {

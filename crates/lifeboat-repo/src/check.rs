@@ -212,53 +212,56 @@ pub fn check(
         };
         report.snapshots += 1;
         progress.snapshots_done.fetch_add(1, Relaxed);
-        let mut stack = vec![snapshot.tree];
-        while let Some(tree_id) = stack.pop() {
-            if !seen_trees.insert(tree_id) {
-                continue;
-            }
-            let tree = match repo.read_tree(&tree_id) {
-                Ok(tree) => tree,
-                Err(e) => {
-                    report.error(
-                        format!("tree {tree_id} (snapshot {})", snapshot_id.short()),
-                        e.to_string(),
-                    );
-                    continue;
-                }
-            };
-            report.trees += 1;
-            for node in &tree.nodes {
-                match node.kind {
-                    NodeKind::Dir => match node.subtree {
-                        Some(sub) => stack.push(sub),
-                        None => report.error(
+        // The visitor reports damage and goes on, so the walk itself cannot fail.
+        crate::browse::walk_trees(
+            repo,
+            snapshot.tree,
+            &mut seen_trees,
+            &mut |tree_id, tree| {
+                let tree = match tree {
+                    Ok(tree) => tree,
+                    Err(e) => {
+                        report.error(
+                            format!("tree {tree_id} (snapshot {})", snapshot_id.short()),
+                            e.to_string(),
+                        );
+                        return Ok(());
+                    }
+                };
+                report.trees += 1;
+                for node in &tree.nodes {
+                    match node.kind {
+                        NodeKind::Dir if node.subtree.is_none() => report.error(
                             format!("tree {tree_id}"),
                             format!("directory {} has no tree", node.name),
                         ),
-                    },
-                    NodeKind::File => {
-                        for blob in &node.content {
-                            match index.get(blob) {
-                                Some(l) if l.blob_type == BlobType::Data => {}
-                                Some(_) => report.error(
-                                    format!("tree {tree_id}"),
-                                    format!("file {} names tree blob {blob} as data", node.name),
-                                ),
-                                None => report.error(
-                                    format!("tree {tree_id}"),
-                                    format!(
-                                        "file {} needs blob {blob}, which is not in the index",
-                                        node.name
+                        NodeKind::File => {
+                            for blob in &node.content {
+                                match index.get(blob) {
+                                    Some(l) if l.blob_type == BlobType::Data => {}
+                                    Some(_) => report.error(
+                                        format!("tree {tree_id}"),
+                                        format!(
+                                            "file {} names tree blob {blob} as data",
+                                            node.name
+                                        ),
                                     ),
-                                ),
+                                    None => report.error(
+                                        format!("tree {tree_id}"),
+                                        format!(
+                                            "file {} needs blob {blob}, which is not in the index",
+                                            node.name
+                                        ),
+                                    ),
+                                }
                             }
                         }
+                        _ => {}
                     }
-                    _ => {}
                 }
-            }
-        }
+                Ok(())
+            },
+        )?;
     }
 
     // Pack data.

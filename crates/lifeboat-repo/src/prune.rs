@@ -355,22 +355,16 @@ fn walk_blobs(
     visited: &mut IdSet,
     blob: &mut dyn FnMut(Id, BlobType) -> Result<()>,
 ) -> Result<()> {
-    let mut stack = vec![root];
-    while let Some(tree_id) = stack.pop() {
-        if !visited.insert(tree_id) {
-            continue;
-        }
+    crate::browse::walk_trees(repo, root, visited, &mut |tree_id, tree| {
+        let tree = tree?;
         blob(tree_id, BlobType::Tree)?;
-        for node in repo.read_tree(&tree_id)?.nodes {
-            for id in node.content {
-                blob(id, BlobType::Data)?;
-            }
-            if let Some(sub) = node.subtree {
-                stack.push(sub);
+        for node in &tree.nodes {
+            for id in &node.content {
+                blob(*id, BlobType::Data)?;
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// One record per pack, the first met, from the index objects in force.
