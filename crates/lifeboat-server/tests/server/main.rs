@@ -3,6 +3,7 @@
 
 mod common;
 mod dashboard;
+mod smtp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
