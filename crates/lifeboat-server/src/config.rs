@@ -126,6 +126,14 @@ pub struct PasswordConfig {
 pub struct AlertConfig {
     /// A webhook taking Slack-compatible JSON (`{"text": ...}`).
     pub webhook_url: Option<String>,
+    /// An SMTP server for alert e-mails, as a URL: `smtp://host:587` (STARTTLS required),
+    /// `smtps://host:465` (TLS), `smtp://user:password@host:587`, or
+    /// `smtp://127.0.0.1:25?tls=none` for a relay on the same machine only.
+    pub smtp_url: Option<String>,
+    /// The sender of alert e-mails, e.g. `Lifeboat <lifeboat@example.com>`.
+    pub email_from: Option<String>,
+    /// The recipients of alert e-mails.
+    pub email_to: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -201,6 +209,12 @@ impl ServerConfig {
             return Err(
                 "tls: give both cert and key, or neither to generate a self-signed certificate"
                     .into(),
+            );
+        }
+        let a = &self.alerts;
+        if a.smtp_url.is_some() && (a.email_from.is_none() || a.email_to.is_empty()) {
+            return Err(
+                "alerts: smtp_url needs email_from and at least one address in email_to".into(),
             );
         }
         let l = &self.login;

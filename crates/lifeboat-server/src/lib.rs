@@ -58,6 +58,7 @@ pub mod state;
 pub mod throttle;
 pub mod tls;
 pub mod totp;
+pub mod ui;
 
 pub use config::ServerConfig;
 pub use error::{Error, Result};

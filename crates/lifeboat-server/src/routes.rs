@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::identity::{self, LoginContext, LoginOutcome, LoginRequest, SESSION_COOKIE};
 use crate::jobs::{self, NewJob, NewRepository};
 use crate::server::AppState;
-use crate::{metrics, scheduler};
+use crate::{metrics, scheduler, ui};
 
 type App = Arc<AppState>;
 
@@ -42,24 +42,38 @@ pub struct RouteSpec {
     pub before_password_change: bool,
     /// Refused to API tokens (account management needs a signed-in person).
     pub session_only: bool,
+    /// A dashboard page or form: answers in HTML, sends the signed-out to the login page,
+    /// and takes the CSRF token from a form field as well as from the header.
+    pub page: bool,
 }
 
-const fn spec(method: &'static str, path: &'static str, permission: Permission) -> RouteSpec {
+pub(crate) const fn spec(
+    method: &'static str,
+    path: &'static str,
+    permission: Permission,
+) -> RouteSpec {
     RouteSpec {
         method,
         path,
         permission,
         before_password_change: false,
         session_only: false,
+        page: false,
     }
 }
 
 impl RouteSpec {
-    const fn early(mut self) -> Self {
+    pub(crate) const fn early(mut self) -> Self {
         self.before_password_change = true;
         self
     }
     const fn session(mut self) -> Self {
+        self.session_only = true;
+        self
+    }
+    /// A dashboard page: HTML answers, session only (browsers sign in; tokens use the API).
+    pub(crate) const fn page(mut self) -> Self {
+        self.page = true;
         self.session_only = true;
         self
     }
@@ -201,6 +215,54 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<App>)> {
             spec("GET", "/api/v1/tenants/{tenant}/runs/{run}", ReadJobs),
             get(runs_get),
         ),
+        // The dashboard (crate::ui): HTML pages, signed in by session only.
+        (spec("GET", "/", Public), get(ui::root)),
+        (spec("GET", "/ui/assets/style.css", Public), get(ui::style)),
+        (spec("GET", "/ui/assets/app.js", Public), get(ui::script)),
+        (spec("GET", "/ui/login", Public).page(), get(ui::login_page)),
+        (
+            spec("POST", "/ui/login", Public).page(),
+            post(ui::login_submit),
+        ),
+        (
+            spec("POST", "/ui/logout", SignedIn).early().page(),
+            post(ui::logout),
+        ),
+        (
+            spec("GET", "/ui/password", SignedIn).early().page(),
+            get(ui::password_page),
+        ),
+        (
+            spec("POST", "/ui/password", SignedIn).early().page(),
+            post(ui::password_submit),
+        ),
+        (spec("GET", "/ui", SignedIn).page(), get(ui::home)),
+        (spec("GET", "/ui/audit", ReadAudit).page(), get(ui::audit)),
+        (
+            spec("GET", "/ui/tenants/{tenant}", ReadRepositories).page(),
+            get(ui::tenant),
+        ),
+        (
+            spec(
+                "GET",
+                "/ui/tenants/{tenant}/repositories/{repository}",
+                ReadSnapshots,
+            )
+            .page(),
+            get(ui::repository),
+        ),
+        (
+            spec("GET", "/ui/tenants/{tenant}/jobs/{job}", ReadJobs).page(),
+            get(ui::job),
+        ),
+        (
+            spec("POST", "/ui/tenants/{tenant}/jobs/{job}/run", RunJobs).page(),
+            post(ui::job_run),
+        ),
+        (
+            spec("GET", "/ui/tenants/{tenant}/runs/{run}", ReadJobs).page(),
+            get(ui::run),
+        ),
     ]
 }
 
@@ -243,18 +305,18 @@ fn build_router(
 /// An error answer: a status and a message safe to show (details go to the server log).
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
         }
     }
-    fn not_found() -> Self {
+    pub(crate) fn not_found() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not found")
     }
 }
@@ -285,7 +347,7 @@ impl From<Error> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// What the middleware learned about the caller, for handlers.
 #[derive(Debug, Clone)]
@@ -294,10 +356,12 @@ pub struct Caller {
     pub principal: Principal,
     /// The source address.
     pub address: IpAddr,
+    /// The session's CSRF token (signed in by cookie), for the forms of dashboard pages.
+    pub csrf: Option<String>,
 }
 
 impl Caller {
-    fn event(&self, action: &str) -> Event {
+    pub(crate) fn event(&self, action: &str) -> Event {
         Event::new(self.principal.actor(), action, self.address.to_string())
     }
 }
@@ -340,7 +404,7 @@ async fn authorize_matched(
     peer: SocketAddr,
     matched: Option<MatchedPath>,
     params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let method = request.method().as_str().to_owned();
@@ -354,59 +418,46 @@ async fn authorize_matched(
         return ApiError::new(StatusCode::FORBIDDEN, "this route declares no permission")
             .into_response();
     };
+    let refuse = Refusal {
+        page: spec.page,
+        path: request.uri().path().to_owned(),
+        safe: matches!(request.method(), &Method::GET | &Method::HEAD),
+    };
+    // Forms are posted by browsers, which say where a request comes from: refuse one sent
+    // from another site (this also covers the login form, where no session exists yet).
+    if spec.page && !refuse.safe && !crate::ui::same_origin(request.headers()) {
+        return refuse.answer(
+            StatusCode::FORBIDDEN,
+            "this form was sent from another site",
+        );
+    }
     if spec.permission == Permission::Public {
         return next.run(request).await;
     }
-    let headers = request.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let principal = if let Some(token) = bearer {
-        match identity::authenticate_token(&app.pool, token.trim()).await {
-            Ok(p) => p,
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    } else if let Some(session) = cookie_value(headers, SESSION_COOKIE) {
-        match identity::authenticate_session(&app.pool, &app.config.sessions, &session).await {
-            Ok(Some((principal, csrf))) => {
-                let safe = matches!(request.method(), &Method::GET | &Method::HEAD);
-                let echoed = headers
-                    .get("x-csrf-token")
-                    .map(|v| v.as_bytes())
-                    .unwrap_or_default();
-                if !safe && !crate::totp::constant_time_eq(echoed, csrf.as_bytes()) {
-                    return ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token header: send the csrf_token the login returned").into_response();
-                }
-                Some(principal)
-            }
-            Ok(None) => None,
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    } else {
-        None
+    let (request, principal, csrf) = match authenticate(&app, &spec, request).await {
+        Ok(found) => found,
+        Err((status, message)) => return refuse.answer(status, message),
     };
     let Some(principal) = principal else {
-        return ApiError::new(
+        return refuse.answer(
             StatusCode::UNAUTHORIZED,
             "sign in first (session cookie or Bearer token)",
-        )
-        .into_response();
+        );
     };
     if spec.session_only && matches!(principal.via, AuthMethod::Token { .. }) {
-        return ApiError::new(
+        return refuse.answer(
             StatusCode::FORBIDDEN,
-            "API tokens cannot manage accounts: sign in",
-        )
-        .into_response();
+            "this route needs a signed-in person, not an API token: sign in",
+        );
     }
     if principal.must_change_password && !spec.before_password_change {
-        return ApiError::new(
+        if spec.page {
+            return crate::ui::see_other("/ui/password");
+        }
+        return refuse.answer(
             StatusCode::FORBIDDEN,
             "change your password first (POST /api/v1/me/password)",
-        )
-        .into_response();
+        );
     }
     if spec.tenant_scoped() {
         let tenant = params
@@ -418,7 +469,7 @@ async fn authorize_matched(
             })
             .unwrap_or_default();
         if !principal.can_see_tenant(&tenant) {
-            return ApiError::not_found().into_response();
+            return refuse.answer(StatusCode::NOT_FOUND, "not found");
         }
         if principal.tenant_id.is_none() {
             let exists: Result<Option<(String,)>, _> =
@@ -428,8 +479,8 @@ async fn authorize_matched(
                     .await;
             match exists {
                 Ok(Some(_)) => {}
-                Ok(None) => return ApiError::not_found().into_response(),
-                Err(e) => return ApiError::from(Error::from(e)).into_response(),
+                Ok(None) => return refuse.answer(StatusCode::NOT_FOUND, "not found"),
+                Err(e) => return refuse.error(Error::from(e)),
             }
         }
     }
@@ -439,16 +490,128 @@ async fn authorize_matched(
             .tenant(principal.tenant_id.as_deref())
             .target(format!("{} {}", spec.method, spec.path));
         if let Err(e) = app.audit.append(&app.pool, event).await {
-            return ApiError::from(e).into_response();
+            return refuse.error(e);
         }
-        return ApiError::new(StatusCode::FORBIDDEN, "your role does not allow this")
-            .into_response();
+        return refuse.answer(StatusCode::FORBIDDEN, "your role does not allow this");
     }
+    let mut request = request;
     request.extensions_mut().insert(Caller {
         principal,
         address: peer.ip(),
+        csrf,
     });
     next.run(request).await
+}
+
+/// How a refusal is answered: JSON for the API; for dashboard pages, a redirect to the login
+/// page (when signed out) or an HTML page with the same status.
+struct Refusal {
+    page: bool,
+    path: String,
+    safe: bool,
+}
+
+impl Refusal {
+    fn answer(&self, status: StatusCode, message: &str) -> Response {
+        if !self.page {
+            return ApiError::new(status, message).into_response();
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // Come back to the page after signing in; a form post goes back to the start.
+            let next = if self.safe { self.path.as_str() } else { "/ui" };
+            return crate::ui::see_other(&crate::ui::login_link(next));
+        }
+        crate::ui::error_page(status, message)
+    }
+
+    fn error(&self, error: Error) -> Response {
+        let api = ApiError::from(error);
+        if self.page {
+            crate::ui::error_page(api.status, &api.message)
+        } else {
+            api.into_response()
+        }
+    }
+}
+
+/// The largest form a dashboard page accepts.
+const FORM_LIMIT: usize = 64 * 1024;
+
+type Authenticated = (Request, Option<Principal>, Option<String>);
+
+/// Finds the principal from a Bearer token or the session cookie and checks CSRF for a
+/// cookie request that changes something: the `X-CSRF-Token` header, or on dashboard forms
+/// the `csrf_token` field (the body is read here and handed on unchanged).
+async fn authenticate(
+    app: &App,
+    spec: &RouteSpec,
+    request: Request,
+) -> Result<Authenticated, (StatusCode, &'static str)> {
+    let internal = |e: Error| {
+        let _ = ApiError::from(e);
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server log has the details",
+        )
+    };
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    if let Some(token) = bearer {
+        let principal = identity::authenticate_token(&app.pool, token.trim())
+            .await
+            .map_err(internal)?;
+        return Ok((request, principal, None));
+    }
+    let Some(session) = cookie_value(headers, SESSION_COOKIE) else {
+        return Ok((request, None, None));
+    };
+    let Some((principal, csrf)) =
+        identity::authenticate_session(&app.pool, &app.config.sessions, &session)
+            .await
+            .map_err(internal)?
+    else {
+        return Ok((request, None, None));
+    };
+    const CSRF_MISSING: &str =
+        "missing or wrong X-CSRF-Token header: send the csrf_token the login returned";
+    if matches!(request.method(), &Method::GET | &Method::HEAD) {
+        return Ok((request, Some(principal), Some(csrf)));
+    }
+    let echoed = request
+        .headers()
+        .get("x-csrf-token")
+        .map(|v| v.as_bytes().to_vec());
+    if let Some(echoed) = echoed {
+        if !crate::totp::constant_time_eq(&echoed, csrf.as_bytes()) {
+            return Err((StatusCode::FORBIDDEN, CSRF_MISSING));
+        }
+        return Ok((request, Some(principal), Some(csrf)));
+    }
+    if !spec.page {
+        return Err((StatusCode::FORBIDDEN, CSRF_MISSING));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, FORM_LIMIT)
+        .await
+        .map_err(|_| (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?;
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+    let field = fields
+        .iter()
+        .find(|(k, _)| k == "csrf_token")
+        .map(|(_, v)| v.as_bytes())
+        .unwrap_or_default();
+    if !crate::totp::constant_time_eq(field, csrf.as_bytes()) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "this form has expired or was not sent by the dashboard: reload the page and try again",
+        ));
+    }
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    Ok((request, Some(principal), Some(csrf)))
 }
 
 /// Counts requests by route pattern and status, and sets headers every answer carries.
@@ -472,6 +635,23 @@ async fn count_and_harden(State(app): State<App>, request: Request, next: Next) 
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if html {
+        // Dashboard pages load only the server's own script and style sheet, post forms only
+        // to the server, and cannot be framed.
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(crate::ui::CONTENT_SECURITY_POLICY),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+    }
     response
 }
 
@@ -497,22 +677,44 @@ fn session_cookie(token: &str, max_age: u64) -> String {
     )
 }
 
-async fn login(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Json(request): Json<LoginRequest>,
-) -> ApiResult<Response> {
+/// What a login attempt came to, after it was audited.
+pub(crate) enum LoginResult {
+    /// Signed in: the cookie to set, the CSRF token, the user.
+    Success {
+        cookie: String,
+        csrf_token: String,
+        user: identity::User,
+    },
+    /// Too many failures: wait this many seconds.
+    Throttled(u64),
+    /// Wrong user name, password or code.
+    Invalid,
+    /// The password was right but a second factor is needed.
+    SecondFactorRequired,
+}
+
+/// Runs a login and audits it; the API and the dashboard answer from the result.
+pub(crate) async fn perform_login(
+    app: &App,
+    peer: IpAddr,
+    request: &LoginRequest,
+) -> Result<LoginResult, Error> {
     let ctx = LoginContext {
         pool: &app.pool,
         hasher: &app.hasher,
         sealer: &app.sealer,
         throttle: &app.throttle,
     };
-    let outcome = identity::login(&ctx, &request, peer.ip()).await?;
+    let outcome = identity::login(&ctx, request, peer).await?;
     // The name tried is recorded as typed (truncated), never the password.
     let tried: String = request.username.chars().take(64).collect();
-    let source = peer.ip().to_string();
-    match outcome {
+    let source = peer.to_string();
+    let failed = |outcome: &str, reason: &str| {
+        Event::new(format!("anonymous:{tried}"), "login", source.clone())
+            .outcome(outcome)
+            .detail(json!({ "reason": reason }))
+    };
+    Ok(match outcome {
         LoginOutcome::Success {
             user,
             session,
@@ -521,78 +723,83 @@ async fn login(
             app.audit
                 .append(
                     &app.pool,
-                    Event::new(format!("user:{}", user.username), "login", source)
+                    Event::new(format!("user:{}", user.username), "login", source.clone())
                         .tenant(user.tenant_id.as_deref())
                         .detail(json!({ "second_factor": second_factor })),
                 )
                 .await?;
-            let cookie = session_cookie(&session.token, app.config.sessions.absolute_timeout_secs);
-            Ok((
-                [(header::SET_COOKIE, cookie)],
-                Json(json!({
-                    "csrf_token": session.csrf_token,
-                    "user": { "id": user.id, "username": user.username, "role": user.role, "tenant_id": user.tenant_id },
-                    "must_change_password": user.must_change_password,
-                })),
-            )
-                .into_response())
+            LoginResult::Success {
+                cookie: session_cookie(&session.token, app.config.sessions.absolute_timeout_secs),
+                csrf_token: session.csrf_token,
+                user,
+            }
         }
         LoginOutcome::Throttled(wait) => {
             app.audit
-                .append(
-                    &app.pool,
-                    Event::new(format!("anonymous:{tried}"), "login", source)
-                        .outcome("denied")
-                        .detail(json!({ "reason": "throttled" })),
-                )
+                .append(&app.pool, failed("denied", "throttled"))
                 .await?;
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            Ok((
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, seconds.max(1).to_string())],
-                Json(json!({ "error": "too many failed logins: wait before trying again" })),
-            )
-                .into_response())
+            LoginResult::Throttled(seconds.max(1))
         }
         LoginOutcome::Invalid { reason } => {
             app.audit
-                .append(
-                    &app.pool,
-                    Event::new(format!("anonymous:{tried}"), "login", source)
-                        .outcome("failed")
-                        .detail(json!({ "reason": reason })),
-                )
+                .append(&app.pool, failed("failed", reason))
                 .await?;
-            Ok(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "wrong user name, password or code",
-            )
-            .into_response())
+            LoginResult::Invalid
         }
         LoginOutcome::SecondFactorRequired => {
             app.audit
-                .append(
-                    &app.pool,
-                    Event::new(format!("anonymous:{tried}"), "login", source)
-                        .outcome("failed")
-                        .detail(json!({ "reason": "second factor missing" })),
-                )
+                .append(&app.pool, failed("failed", "second factor missing"))
                 .await?;
-            Ok((StatusCode::UNAUTHORIZED, Json(json!({ "error": "a TOTP code or recovery code is needed", "second_factor_required": true }))).into_response())
+            LoginResult::SecondFactorRequired
         }
-    }
+    })
 }
 
-async fn logout(
+async fn login(
     State(app): State<App>,
-    Extension(caller): Extension<Caller>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<LoginRequest>,
 ) -> ApiResult<Response> {
+    Ok(match perform_login(&app, peer.ip(), &request).await? {
+        LoginResult::Success {
+            cookie,
+            csrf_token,
+            user,
+        } => (
+            [(header::SET_COOKIE, cookie)],
+            Json(json!({
+                "csrf_token": csrf_token,
+                "user": { "id": user.id, "username": user.username, "role": user.role, "tenant_id": user.tenant_id },
+                "must_change_password": user.must_change_password,
+            })),
+        )
+            .into_response(),
+        LoginResult::Throttled(seconds) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            Json(json!({ "error": "too many failed logins: wait before trying again" })),
+        )
+            .into_response(),
+        LoginResult::Invalid => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name, password or code")
+                .into_response()
+        }
+        LoginResult::SecondFactorRequired => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "a TOTP code or recovery code is needed", "second_factor_required": true })),
+        )
+            .into_response(),
+    })
+}
+
+/// Ends the caller's session (if it is one) and audits it; returns the cookie that clears it.
+pub(crate) async fn perform_logout(app: &App, caller: &Caller) -> Result<String, Error> {
     if let AuthMethod::Session { id_hash } = &caller.principal.via {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
             .execute(&app.pool)
-            .await
-            .map_err(Error::from)?;
+            .await?;
     }
     app.audit
         .append(
@@ -602,8 +809,16 @@ async fn logout(
                 .tenant(caller.principal.tenant_id.as_deref()),
         )
         .await?;
+    Ok(session_cookie("", 0))
+}
+
+async fn logout(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let cookie = perform_logout(&app, &caller).await?;
     Ok((
-        [(header::SET_COOKIE, session_cookie("", 0))],
+        [(header::SET_COOKIE, cookie)],
         Json(json!({ "signed_out": true })),
     )
         .into_response())
@@ -633,6 +848,18 @@ async fn change_password(
     Extension(caller): Extension<Caller>,
     Json(body): Json<PasswordChange>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    perform_password_change(&app, &caller, &body.current_password, &body.new_password).await?;
+    Ok(Json(json!({ "changed": true })))
+}
+
+/// Checks the current password (with login backoff), applies the policy to the new one,
+/// changes it, ends the user's other sessions and audits it.
+pub(crate) async fn perform_password_change(
+    app: &App,
+    caller: &Caller,
+    current_password: &str,
+    new_password: &str,
+) -> ApiResult<()> {
     let user = identity::user_by_id(&app.pool, &caller.principal.user_id)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -642,10 +869,8 @@ async fn change_password(
             format!("too many failures: wait {} s", wait.as_secs().max(1)),
         ));
     }
-    let ok = tokio::task::block_in_place(|| {
-        app.hasher
-            .verify(&user.password_hash, &body.current_password)
-    });
+    let ok =
+        tokio::task::block_in_place(|| app.hasher.verify(&user.password_hash, current_password));
     if !ok {
         app.throttle.failed(&user.username, caller.address);
         app.audit
@@ -671,7 +896,7 @@ async fn change_password(
         &app.hasher,
         app.config.passwords.min_length,
         &user,
-        &body.new_password,
+        new_password,
         keep,
     )
     .await?;
@@ -683,7 +908,7 @@ async fn change_password(
                 .tenant(user.tenant_id.as_deref()),
         )
         .await?;
-    Ok(Json(json!({ "changed": true })))
+    Ok(())
 }
 
 async fn totp_begin(
@@ -1012,10 +1237,22 @@ async fn snapshots_list(
     Extension(caller): Extension<Caller>,
     Path((tenant, repository)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (location, password) =
-        jobs::repository_secret(&app.pool, &app.sealer, &tenant, &repository)
-            .await?
-            .ok_or_else(ApiError::not_found)?;
+    Ok(Json(json!(
+        list_snapshots_audited(&app, &caller, &tenant, &repository).await?
+    )))
+}
+
+/// Opens a tenant's repository with its sealed password, lists its snapshots, and audits
+/// the listing.
+pub(crate) async fn list_snapshots_audited(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    repository: &str,
+) -> ApiResult<Vec<jobs::SnapshotInfo>> {
+    let (location, password) = jobs::repository_secret(&app.pool, &app.sealer, tenant, repository)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let snapshots = tokio::task::spawn_blocking(move || jobs::list_snapshots(&location, &password))
         .await
         .map_err(|e| Error::Job(e.to_string()))??;
@@ -1024,11 +1261,11 @@ async fn snapshots_list(
             &app.pool,
             caller
                 .event("snapshots.list")
-                .tenant(Some(&tenant))
-                .target(repository),
+                .tenant(Some(tenant))
+                .target(repository.to_owned()),
         )
         .await?;
-    Ok(Json(json!(snapshots)))
+    Ok(snapshots)
 }
 
 async fn jobs_list(
@@ -1106,21 +1343,7 @@ async fn jobs_run(
     Extension(caller): Extension<Caller>,
     Path((tenant, job)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let found = jobs::get_job(&app.pool, &tenant, &job)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    let started = scheduler::start(&app, found, "manual");
-    app.audit
-        .append(
-            &app.pool,
-            caller
-                .event("job.start")
-                .tenant(Some(&tenant))
-                .target(job)
-                .outcome(if started { "ok" } else { "denied" }),
-        )
-        .await?;
-    if started {
+    if start_job_audited(&app, &caller, &tenant, &job).await? {
         Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
     } else {
         Err(ApiError::new(
@@ -1128,6 +1351,30 @@ async fn jobs_run(
             "the job is running: runs of one job never overlap",
         ))
     }
+}
+
+/// Starts a run of a tenant's job now, unless one is running; audits the attempt.
+pub(crate) async fn start_job_audited(
+    app: &App,
+    caller: &Caller,
+    tenant: &str,
+    job: &str,
+) -> ApiResult<bool> {
+    let found = jobs::get_job(&app.pool, tenant, job)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let started = scheduler::start(app, found, "manual");
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("job.start")
+                .tenant(Some(tenant))
+                .target(job.to_owned())
+                .outcome(if started { "ok" } else { "denied" }),
+        )
+        .await?;
+    Ok(started)
 }
 
 async fn runs_list(
@@ -1207,7 +1454,15 @@ mod tests {
             }
             if spec.permission == Permission::Public {
                 assert!(
-                    ["/healthz", "/api/v1/login"].contains(&spec.path),
+                    [
+                        "/healthz",
+                        "/api/v1/login",
+                        "/",
+                        "/ui/login",
+                        "/ui/assets/style.css",
+                        "/ui/assets/app.js"
+                    ]
+                    .contains(&spec.path),
                     "unexpected public route {spec:?}"
                 );
             }

@@ -147,7 +147,7 @@ pub async fn start(config: ServerConfig, state_dir: &Path) -> Result<RunningServ
     let app = Arc::new(AppState {
         pool,
         throttle: LoginThrottle::new(&config.login),
-        alerter: Alerter::new(config.alerts.webhook_url.clone()),
+        alerter: Alerter::from_config(&config.alerts)?,
         routes: routes::table(),
         config,
         state_dir: state,

@@ -2,6 +2,8 @@
 //! trusting its self-signed certificate, real SQLite catalogs and real repositories.
 
 mod common;
+mod dashboard;
+mod smtp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -514,14 +516,31 @@ enum Who {
 /// `Role::grants`, so a change there that widens access fails here.
 fn allowed(method: &str, path: &str, who: Who) -> bool {
     use Who::*;
-    if who == Anonymous {
-        return matches!(
-            (method, path),
-            ("GET", "/healthz") | ("POST", "/api/v1/login")
-        );
+    let public = matches!(
+        (method, path),
+        ("GET", "/healthz")
+            | ("POST", "/api/v1/login")
+            | ("GET", "/")
+            | ("GET", "/ui/login")
+            | ("POST", "/ui/login")
+            | ("GET", "/ui/assets/style.css")
+            | ("GET", "/ui/assets/app.js")
+    );
+    if who == Anonymous || public {
+        return public;
     }
     match (method, path) {
-        ("GET", "/healthz") | ("POST", "/api/v1/login") => true,
+        // The dashboard: the same permissions as the API routes showing the same things.
+        (_, "/ui") | (_, "/ui/password") | (_, "/ui/logout") => true,
+        ("GET", "/ui/audit") => matches!(who, Admin | Auditor | GlobalAuditor),
+        ("GET", "/ui/tenants/{tenant}") => true,
+        ("GET", "/ui/tenants/{tenant}/repositories/{repository}") => {
+            matches!(who, Admin | Operator | Member)
+        }
+        ("GET", "/ui/tenants/{tenant}/jobs/{job}") | ("GET", "/ui/tenants/{tenant}/runs/{run}") => {
+            matches!(who, Admin | Operator | Auditor | GlobalAuditor)
+        }
+        ("POST", "/ui/tenants/{tenant}/jobs/{job}/run") => matches!(who, Admin | Operator),
         ("GET", "/metrics") => matches!(who, Admin | GlobalAuditor),
         (_, p) if p.starts_with("/api/v1/me") || p == "/api/v1/logout" => true,
         (_, "/api/v1/tenants")
@@ -671,7 +690,9 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
                 if spec.path == "/api/v1/admin/revoke-all" && who == Who::Admin {
                     continue;
                 }
-                if (spec.path == "/api/v1/logout") && who != Who::Anonymous {
+                if (spec.path == "/api/v1/logout" || spec.path == "/ui/logout")
+                    && who != Who::Anonymous
+                {
                     auth = test
                         .login(usernames[&who], password.as_deref().unwrap())
                         .await;
@@ -728,12 +749,21 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
                     .replace("{job}", &target.job);
                 let method = Method::from_bytes(spec.method.as_bytes()).unwrap();
                 let body = (spec.method == "POST").then(|| json!({}));
-                let (status, answer) = test.call(&auth, method, &path, body).await;
+                let response = test.request(&auth, method, &path, body).await;
+                let status = response.status();
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let answer = response.text().await.unwrap();
                 checked += 1;
                 let expect_allowed = allowed(spec.method, spec.path, who);
                 let tenant_hidden = spec.tenant_scoped()
                     && !scope_own
                     && matches!(who, Who::Operator | Who::Auditor | Who::Member);
+                let answer: String = answer.chars().take(300).collect();
                 let context = format!(
                     "{who:?} {} {} ({}) → {status} {answer}",
                     spec.method,
@@ -744,7 +774,11 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
                         "other tenant"
                     }
                 );
-                if who == Who::Anonymous && spec.permission != Permission::Public {
+                if who == Who::Anonymous && spec.permission != Permission::Public && spec.page {
+                    // Pages send the signed-out to the login page instead.
+                    assert_eq!(status, StatusCode::SEE_OTHER, "{context}");
+                    assert!(location.starts_with("/ui/login"), "{context} → {location}");
+                } else if who == Who::Anonymous && spec.permission != Permission::Public {
                     assert_eq!(status, StatusCode::UNAUTHORIZED, "{context}");
                 } else if tenant_hidden {
                     assert_eq!(
@@ -795,6 +829,26 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
                 own.tenant, other.repository
             ),
             format!("/api/v1/tenants/{unknown}/repositories/{unknown}/snapshots"),
+        ),
+        // The dashboard's pages hide them the same way.
+        (
+            format!("/ui/tenants/{}/jobs/{}", own.tenant, other.job),
+            format!("/ui/tenants/{}/jobs/{unknown}", own.tenant),
+        ),
+        (
+            format!("/ui/tenants/{}/runs/{}", own.tenant, other.run),
+            format!("/ui/tenants/{}/runs/{unknown}", own.tenant),
+        ),
+        (
+            format!(
+                "/ui/tenants/{}/repositories/{}",
+                own.tenant, other.repository
+            ),
+            format!("/ui/tenants/{}/repositories/{unknown}", own.tenant),
+        ),
+        (
+            format!("/ui/tenants/{}", other.tenant),
+            format!("/ui/tenants/{unknown}"),
         ),
     ] {
         let a = test.call(operator, Method::GET, &path_other, None).await;
