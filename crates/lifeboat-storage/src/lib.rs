@@ -34,7 +34,7 @@ use opendal::raw::Operation;
 use opendal::{ErrorKind, Operator, blocking, services};
 
 mod location;
-pub use location::{AzureLocation, Location, S3Location};
+pub use location::{AzureLocation, GcsLocation, Location, S3Location};
 
 /// What went wrong talking to storage, and on which object.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +217,9 @@ struct Inner {
     /// Set for the local filesystem backend, so puts can fsync directories after renames.
     local_root: Option<PathBuf>,
     counters: Arc<RequestCounters>,
+    /// GCS: OpenDAL sends a create-only put as a resumable upload (one request to start the
+    /// session, one per 8 MiB sent), so it costs more than one request.
+    resumable_create_only: bool,
     // Declared last so it is dropped after the operator that uses it.
     _runtime: tokio::runtime::Runtime,
 }
@@ -299,6 +302,54 @@ impl NetworkOptions {
     }
 }
 
+/// Environment variable holding an OAuth2 access token for GCS (the name Google's Terraform
+/// provider reads; `gcloud auth print-access-token` prints one, valid for about an hour).
+pub const GCS_TOKEN_VAR: &str = "GOOGLE_OAUTH_ACCESS_TOKEN";
+
+/// Environment variable naming a Google credentials file (Application Default Credentials).
+pub const GCS_CREDENTIALS_VAR: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
+/// Bytes per request of OpenDAL's GCS resumable uploads (its `RESUMABLE_CHUNK_SIZE`).
+const GCS_RESUMABLE_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// gcloud's Application Default Credentials file (`gcloud auth application-default login`),
+/// if it exists; OpenDAL looks there when nothing else is configured.
+fn gcloud_default_credentials() -> Option<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")))?;
+    let path = config.join("gcloud/application_default_credentials.json");
+    path.is_file().then_some(path)
+}
+
+/// Reads the credentials file now, so a wrong path or a file that is not a Google credentials
+/// JSON is reported when the repository is opened, not as a failure of the first request.
+/// The message names the file and never quotes its contents.
+fn check_gcs_credentials_file(path: &str) -> std::result::Result<(), String> {
+    let text = std::fs::read(path)
+        .map_err(|e| format!("cannot read {GCS_CREDENTIALS_VAR}={path}: {e}"))?;
+    let kind = serde_json::from_slice::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string));
+    match kind.as_deref() {
+        Some(
+            "service_account"
+            | "authorized_user"
+            | "external_account"
+            | "impersonated_service_account",
+        ) => Ok(()),
+        Some(other) => Err(format!(
+            "{GCS_CREDENTIALS_VAR}={path} holds credentials of type {other:?}, which Lifeboat \
+             cannot use; create a service-account key (type \"service_account\")"
+        )),
+        None => Err(format!(
+            "{GCS_CREDENTIALS_VAR}={path} is not a Google credentials JSON file (no \"type\"); \
+             download a service-account key from the Cloud console or with \
+             `gcloud iam service-accounts keys create`"
+        )),
+    }
+}
+
 /// Directory (relative to a local repository) where half-written objects live until renamed.
 pub const LOCAL_TEMP_DIR: &str = "tmp";
 
@@ -324,7 +375,46 @@ impl Storage {
             Location::Local(path) => Self::local(Path::new(&path)),
             Location::S3(s3) => Self::s3(location, &s3, network),
             Location::Azure(azure) => Self::azure(location, &azure, network),
+            Location::Gcs(gcs) => Self::gcs(location, &gcs, network),
         }
+    }
+
+    /// Opens a Google Cloud Storage bucket through its JSON API. Credentials, first found wins:
+    /// an OAuth2 access token in `GOOGLE_OAUTH_ACCESS_TOKEN`; a credentials file (service-account
+    /// key, or any other Application Default Credentials JSON) named by
+    /// `GOOGLE_APPLICATION_CREDENTIALS`; gcloud's `application_default_credentials.json`; and, for
+    /// `storage.googleapis.com` only, the metadata server of a Compute Engine VM or GKE pod.
+    pub fn gcs(location: &str, gcs: &GcsLocation, network: &NetworkOptions) -> Result<Self> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let refuse = |reason: String| StorageError::Config {
+            location: location.to_string(),
+            reason,
+        };
+        let mut builder = services::Gcs::default()
+            .bucket(&gcs.bucket)
+            .root(&gcs.root());
+        if let Some(endpoint) = &gcs.endpoint {
+            // The metadata server belongs to Google's own service: a client pointed elsewhere
+            // must not send requests to it (the same rule as for S3's instance metadata).
+            builder = builder.endpoint(endpoint).disable_vm_metadata();
+        }
+        if let Some(token) = env(GCS_TOKEN_VAR) {
+            builder = builder.token(token.trim().to_string());
+        } else if let Some(path) = env(GCS_CREDENTIALS_VAR) {
+            check_gcs_credentials_file(&path).map_err(refuse)?;
+            builder = builder.credential_path(&path);
+        } else if gcs.endpoint.is_some() && gcloud_default_credentials().is_none() {
+            return Err(refuse(format!(
+                "no credentials: set {GCS_CREDENTIALS_VAR} to a service-account key file, or \
+                 {GCS_TOKEN_VAR} to an access token (an emulator accepts any token)"
+            )));
+        }
+        opendal::install_default();
+        let mut storage = Self::build(builder, location.to_string(), None, Some(network))?;
+        Arc::get_mut(&mut storage.inner)
+            .expect("a storage just built has one owner")
+            .resumable_create_only = true;
+        Ok(storage)
     }
 
     /// Opens an Azure Blob container. The account comes from the URL or `AZURE_STORAGE_ACCOUNT`,
@@ -508,6 +598,7 @@ impl Storage {
                 location,
                 local_root,
                 counters,
+                resumable_create_only: false,
                 _runtime: runtime,
             }),
         })
@@ -571,7 +662,9 @@ impl Storage {
     /// On the local disk this is an exclusive create. On S3 it is a conditional PUT
     /// (`If-None-Match: *`), which AWS S3 and current S3-compatible servers honour (a second
     /// writer gets 412 and this returns [`StorageError::AlreadyExists`]); a server that ignores
-    /// the header overwrites, so there two racing `init`s can both appear to succeed.
+    /// the header overwrites, so there two racing `init`s can both appear to succeed. On Azure it
+    /// is `If-None-Match: *`; on GCS `ifGenerationMatch=0` on a resumable upload (counted as the
+    /// requests it takes: one to start it, one per 8 MiB sent).
     ///
     /// A conditional put whose answer was lost (a reset or a cut-off response after the server
     /// stored the object) is retried and then meets its own object. So an existing object with
@@ -589,7 +682,15 @@ impl Storage {
 
     fn put_inner(&self, key: &str, data: Bytes, if_not_exists: bool) -> Result<()> {
         let len = data.len() as u64;
-        self.inner.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let requests = if if_not_exists && self.inner.resumable_create_only {
+            1 + len.div_ceil(GCS_RESUMABLE_CHUNK).max(1)
+        } else {
+            1
+        };
+        self.inner
+            .counters
+            .puts
+            .fetch_add(requests, Ordering::Relaxed);
         let options = opendal::options::WriteOptions {
             if_not_exists,
             ..Default::default()

@@ -8,9 +8,9 @@
 //! | `s3:bucket/prefix` | AWS S3; region from `AWS_REGION`/`AWS_DEFAULT_REGION` (or an endpoint from `AWS_ENDPOINT_URL`) |
 //! | `azure:container/prefix` | Azure Blob Storage; account from `AZURE_STORAGE_ACCOUNT` (endpoint `https://ACCOUNT.blob.core.windows.net`) |
 //! | `azure:https://host:port/account/container/prefix` | an Azure-compatible endpoint (Azurite, sovereign clouds) |
+//! | `gs:bucket/prefix` | Google Cloud Storage (JSON API at `https://storage.googleapis.com`) |
+//! | `gs:https://host:port/bucket/prefix` | a GCS-compatible endpoint (emulators, Private Service Connect) |
 //! | `memory:` | in-process memory, for tests |
-//!
-//! `gs:` is reserved for Google Cloud Storage and refused by this build with a message saying so.
 
 use crate::StorageError;
 
@@ -23,6 +23,8 @@ pub enum Location {
     S3(S3Location),
     /// An Azure Blob Storage container.
     Azure(AzureLocation),
+    /// A Google Cloud Storage bucket.
+    Gcs(GcsLocation),
     /// In-process memory (tests).
     Memory,
 }
@@ -53,25 +55,45 @@ pub struct AzureLocation {
     pub prefix: String,
 }
 
+/// Where a Google Cloud Storage repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcsLocation {
+    /// `scheme://host[:port]` of a GCS-compatible JSON API (an emulator, a Private Service
+    /// Connect endpoint), or `None` for `https://storage.googleapis.com`.
+    pub endpoint: Option<String>,
+    /// Bucket name.
+    pub bucket: String,
+    /// Object name prefix, without leading or trailing `/`.
+    pub prefix: String,
+}
+
+/// The root OpenDAL expects for a key prefix: `/prefix/` (or `/`).
+fn root_of(prefix: &str) -> String {
+    if prefix.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{prefix}/")
+    }
+}
+
 impl AzureLocation {
     /// The root OpenDAL expects: `/prefix/` (or `/`).
     pub fn root(&self) -> String {
-        if self.prefix.is_empty() {
-            "/".to_string()
-        } else {
-            format!("/{}/", self.prefix)
-        }
+        root_of(&self.prefix)
     }
 }
 
 impl S3Location {
     /// The root OpenDAL expects: `/prefix/` (or `/`).
     pub fn root(&self) -> String {
-        if self.prefix.is_empty() {
-            "/".to_string()
-        } else {
-            format!("/{}/", self.prefix)
-        }
+        root_of(&self.prefix)
+    }
+}
+
+impl GcsLocation {
+    /// The root OpenDAL expects: `/prefix/` (or `/`).
+    pub fn root(&self) -> String {
+        root_of(&self.prefix)
     }
 }
 
@@ -156,19 +178,15 @@ impl Location {
         if let Some(rest) = location.strip_prefix("azure:") {
             return parse_azure(location, rest.trim_start_matches("//"));
         }
-        if location.starts_with("gs:") {
-            return Err(config_error(
-                location,
-                "Google Cloud Storage is not supported by this build yet; use its S3-compatible \
-                 XML API (s3:https://storage.googleapis.com/bucket/prefix with HMAC keys), \
-                 azure:, s3: or a local path",
-            ));
+        if let Some(rest) = location.strip_prefix("gs:") {
+            return parse_gcs(location, rest.trim_start_matches("//"));
         }
         let path = location.strip_prefix("local:").unwrap_or(location);
         if path.contains("://") {
             return Err(config_error(
                 location,
-                "unknown URL scheme: use a local path, s3:https://host/bucket/prefix or s3:bucket/prefix",
+                "unknown URL scheme: use a local path, s3:bucket/prefix, s3:https://host/bucket/prefix, \
+                 azure:container/prefix or gs:bucket/prefix",
             ));
         }
         if path.is_empty() {
@@ -214,6 +232,44 @@ fn parse_azure(location: &str, rest: &str) -> Result<Location, StorageError> {
         endpoint,
         account,
         container,
+        prefix,
+    }))
+}
+
+/// `gs:bucket/prefix` or `gs:https://host:port/bucket/prefix`.
+fn parse_gcs(location: &str, rest: &str) -> Result<Location, StorageError> {
+    let mut endpoint = None;
+    let mut path = rest;
+    for scheme in ["https://", "http://"] {
+        if let Some(after) = rest.strip_prefix(scheme) {
+            let (host, after_host) = after.split_once('/').unwrap_or((after, ""));
+            if host.is_empty() || host.contains(['?', '#', '@']) {
+                return Err(config_error(
+                    location,
+                    "use gs:https://host:port/bucket/prefix; give credentials in \
+                     GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_OAUTH_ACCESS_TOKEN",
+                ));
+            }
+            endpoint = Some(format!("{scheme}{host}"));
+            path = after_host;
+        }
+    }
+    if endpoint.is_none() && rest.contains("://") {
+        return Err(config_error(
+            location,
+            "only http:// and https:// endpoints are supported",
+        ));
+    }
+    let (bucket, prefix) = bucket_and_prefix(location, path).map_err(|e| match e {
+        StorageError::Config { reason, .. } if reason.starts_with("no bucket") => config_error(
+            location,
+            "no bucket given: use gs:bucket/prefix or gs:https://host:port/bucket/prefix",
+        ),
+        other => other,
+    })?;
+    Ok(Location::Gcs(GcsLocation {
+        endpoint,
+        bucket,
         prefix,
     }))
 }
@@ -275,6 +331,29 @@ mod tests {
                 prefix: "x/y".into(),
             })
         );
+        let gcs = |endpoint: Option<&str>, bucket: &str, prefix: &str| {
+            Location::Gcs(GcsLocation {
+                endpoint: endpoint.map(str::to_string),
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            })
+        };
+        assert_eq!(
+            Location::parse("gs:backups/host1/").unwrap(),
+            gcs(None, "backups", "host1")
+        );
+        assert_eq!(
+            Location::parse("gs://my_bucket.example").unwrap(),
+            gcs(None, "my_bucket.example", "")
+        );
+        assert_eq!(
+            Location::parse("gs:http://127.0.0.1:4443/b/x//y").unwrap(),
+            gcs(Some("http://127.0.0.1:4443"), "b", "x/y")
+        );
+        match Location::parse("gs:b/x/y").unwrap() {
+            Location::Gcs(g) => assert_eq!(g.root(), "/x/y/"),
+            other => panic!("{other:?}"),
+        }
         let root = |l: Location| match l {
             Location::S3(s) => s.root(),
             _ => unreachable!(),
@@ -293,7 +372,13 @@ mod tests {
             "s3:ftp://host/b",
             "s3:Upper/x",
             "s3:b/../x",
-            "gs:bucket/x",
+            "gs:",
+            "gs:https://",
+            "gs:https://host:4443/",
+            "gs:https://user@host/b",
+            "gs:ftp://host/b",
+            "gs:Upper/x",
+            "gs:b/../x",
             "azure:",
             "azure:https://host:10000/",
             "azure:https://host/account",
@@ -305,7 +390,7 @@ mod tests {
             let err = Location::parse(bad).unwrap_err();
             assert!(matches!(err, StorageError::Config { .. }), "{bad}: {err}");
         }
-        let err = Location::parse("gs:b").unwrap_err().to_string();
-        assert!(err.contains("not supported"), "{err}");
+        let err = Location::parse("gs:").unwrap_err().to_string();
+        assert!(err.contains("gs:bucket/prefix"), "{err}");
     }
 }
