@@ -138,18 +138,108 @@ pub fn same_files(a: &Path, b: &Path) {
 /// A fresh S3 repository URL on the test server, or `None` (with a line saying so) when
 /// `.ci/run` did not start one.
 pub fn s3_repository(test: &str) -> Option<String> {
-    let Ok(endpoint) = std::env::var("LIFEBOAT_TEST_S3_ENDPOINT") else {
-        println!("SKIPPED {test}: LIFEBOAT_TEST_S3_ENDPOINT is not set (.ci/run sets it)");
+    object_store_repository(
+        test,
+        "s3",
+        "LIFEBOAT_TEST_S3_ENDPOINT",
+        "LIFEBOAT_TEST_S3_BUCKET",
+    )
+}
+
+/// A fresh repository URL (`scheme:endpoint/bucket/cli-…`) on the object store `.ci/run`
+/// started, whose endpoint and bucket (or container) are in the variables named; `None`, after a
+/// SKIPPED line, when the endpoint variable is unset.
+pub fn object_store_repository(
+    test: &str,
+    scheme: &str,
+    endpoint_var: &str,
+    bucket_var: &str,
+) -> Option<String> {
+    let Ok(endpoint) = std::env::var(endpoint_var) else {
+        println!("SKIPPED {test}: {endpoint_var} is not set (.ci/run sets it)");
         return None;
     };
-    let bucket =
-        std::env::var("LIFEBOAT_TEST_S3_BUCKET").unwrap_or_else(|_| "lifeboat-test".into());
+    let bucket = std::env::var(bucket_var).unwrap_or_else(|_| "lifeboat-test".into());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
     Some(format!(
-        "s3:{endpoint}/{bucket}/cli-{test}-{}-{nanos}",
+        "{scheme}:{endpoint}/{bucket}/cli-{test}-{}-{nanos}",
         std::process::id()
     ))
+}
+
+/// The second-provider story against the repository at `url`: a local backup, a repository at
+/// `url` sharing its content keys (a second init refused), a copy twice (the second moves
+/// nothing), a restore from there equal to the source, `check --read-data`, and a backup
+/// straight to it.
+pub fn second_site_round_trip(url: &str) {
+    use predicates::prelude::*;
+    let local = Env::new();
+    local.init();
+    let source = local.path("source");
+    write_tree(&source, 6, 400_000, 3);
+    local.run(&["backup", &text_of(&source)]).success();
+
+    let remote = Env {
+        repository: Some(url.to_string()),
+        ..Env::new()
+    };
+    fs::copy(local.password_file(), remote.password_file()).unwrap();
+    let init = remote
+        .cmd()
+        .args([
+            "init",
+            "--insecure-kdf-for-tests",
+            "--copy-content-keys-from",
+        ])
+        .arg(local.repo())
+        .env("LIFEBOAT_FROM_PASSWORD_FILE", local.password_file())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    remote
+        .run(&["init", "--insecure-kdf-for-tests"])
+        .code(1)
+        .stderr(predicate::str::contains("already holds a repository"));
+    let copy = || {
+        let out = local
+            .cmd()
+            .args(["copy", "--to", url])
+            .env("LIFEBOAT_TO_PASSWORD_FILE", remote.password_file())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    copy();
+    assert_eq!(remote.snapshots().len(), 1);
+    // Copying again moves nothing: the snapshot is already there.
+    let again = copy();
+    assert!(
+        again.contains("0 snapshots copied, 1 already there"),
+        "{again}"
+    );
+    assert_eq!(remote.snapshots().len(), 1);
+
+    let target = remote.path("restored");
+    remote
+        .run(&["restore", "latest", "--target", &text_of(&target)])
+        .success();
+    same_files(&source, &target.join(source.strip_prefix("/").unwrap()));
+    remote
+        .run(&["check", "--read-data"])
+        .success()
+        .stdout(predicate::str::contains("no errors found"));
+    remote.run(&["backup", &text_of(&source)]).success();
+    assert_eq!(remote.snapshots().len(), 2);
 }
