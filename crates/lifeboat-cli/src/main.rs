@@ -704,6 +704,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             "backup": file.backup,
             "forget": file.forget,
             "prune": file.prune,
+            "sqlite": file.sqlite,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -750,7 +751,17 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Diff(args) => browse::diff(global, &args),
         Command::Stats(args) => browse::stats(global, &args),
         Command::Pg(command) => pg::run(global, &command),
-        Command::Sqlite(command) => sqlite::run(global, &command),
+        Command::Sqlite(command) => {
+            let job = sqlite::FileJob {
+                section: &file.sqlite,
+                repo_from_file,
+                matches: matches
+                    .subcommand_matches("sqlite")
+                    .and_then(|m| m.subcommand())
+                    .map(|(_, m)| m),
+            };
+            sqlite::run(global, &command, &job)
+        }
         Command::Serve(args) => server::serve(&args),
         Command::Audit(command) => server::audit(&command, global.json),
         Command::Admin(command) => server::admin(&command),

@@ -134,12 +134,26 @@ fn replicate_status_restore_and_refusals() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let file_status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.path("status-app.db.json")).unwrap()).unwrap();
-    assert!(
-        file_status["segments_shipped"].as_u64() > Some(0),
-        "{file_status}"
-    );
+    // The status file is rewritten every round; the destination stores on its own thread, so
+    // the round after the upload shows it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let file_status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.path("status-app.db.json")).unwrap())
+                .unwrap();
+        let destination = &file_status["destinations"][0];
+        if destination["segments_shipped"].as_u64() > Some(0) {
+            assert_eq!(destination["state"], "live", "{file_status}");
+            assert_eq!(
+                destination["repository"],
+                env.path("repo").to_str().unwrap(),
+                "{file_status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{file_status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         Command::new("kill")
             .args(["-TERM", &replicate.0.id().to_string()])
