@@ -1387,11 +1387,21 @@ fn forget(
         .into_iter()
         .filter(|s| args.filter.matches(&s.snapshot))
         .collect();
-    let decisions = retention::apply(
+    // Database snapshots are bases of a journal: a recovery window also keeps the base its
+    // first moments replay from (see docs/maintenance.md).
+    let timeline = |entry: &lifeboat_repo::SnapshotEntry| {
+        lifeboat_sqlite::catalog::timeline(&entry.snapshot).or_else(|| {
+            lifeboat_postgres::BackupState::of(&entry.snapshot)
+                .filter(|state| state.complete)
+                .map(|state| format!("postgres {}", state.stream))
+        })
+    };
+    let decisions = retention::apply_with_timelines(
         &snapshots,
         &policy,
         args.group_by,
         &jiff::tz::TimeZone::system(),
+        &timeline,
     );
     let removed: Vec<_> = decisions.iter().filter(|d| !d.keep).collect();
     if global.json {

@@ -940,3 +940,120 @@ fn two_destinations_restore_exactly_and_one_going_away_does_not_stop_the_other()
         "moments while the other was away restore"
     );
 }
+
+/// `lifeboat forget --keep-within D` on SQLite snapshots, with the timelines the CLI passes:
+/// the newest snapshot before the window stays, so the window's first moments restore.
+#[test]
+fn forget_with_a_recovery_window_keeps_the_snapshot_its_first_moments_replay_from() {
+    use lifeboat_repo::retention::{self, GroupBy, KeepPolicy};
+    let setup = Setup::new();
+    let app = Connection::open(setup.db()).unwrap();
+    app.query_row("SELECT count(*) FROM rows", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let mut replicator = Replicator::open(&setup.db(), setup.repo(), options()).unwrap();
+    let write = |n: usize| {
+        for _ in 0..n {
+            app.execute(
+                "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+                [now_micros()],
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    // Snapshots S0 (the base), S1, S2, S3 with rows between them; the window starts among
+    // the rows written after S1.
+    let mut window_start = None;
+    for phase in 0..3 {
+        write(10);
+        replicator.tick().unwrap();
+        if phase == 1 {
+            std::thread::sleep(Duration::from_millis(50));
+            window_start = Some(jiff::Timestamp::now());
+            std::thread::sleep(Duration::from_millis(50));
+            write(10);
+            replicator.tick().unwrap();
+        }
+        replicator.sync(Duration::from_secs(120)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        replicator.snapshot_now().unwrap();
+    }
+    write(10);
+    replicator.tick().unwrap();
+    drop(replicator);
+    let window_start = window_start.unwrap();
+
+    let repo = setup.repo();
+    let entries = repo.snapshots().unwrap();
+    assert_eq!(entries.len(), 4);
+    let newest = entries.iter().map(|e| e.snapshot.time).max().unwrap();
+    let span =
+        jiff::Span::new().microseconds(newest.as_microsecond() - window_start.as_microsecond());
+    let policy = KeepPolicy {
+        within: Some(span),
+        ..Default::default()
+    };
+    let tz = jiff::tz::TimeZone::UTC;
+    let timeline =
+        |e: &lifeboat_repo::SnapshotEntry| lifeboat_sqlite::catalog::timeline(&e.snapshot);
+    let decisions =
+        retention::apply_with_timelines(&entries, &policy, GroupBy::default(), &tz, &timeline);
+    let mut by_time = entries.clone();
+    by_time.sort_by_key(|e| e.snapshot.time);
+    let verdict = |i: usize| decisions.iter().find(|d| d.id == by_time[i].id).unwrap();
+    assert!(!verdict(0).keep, "S0 is before the window and not needed");
+    assert!(
+        verdict(1).keep,
+        "S1 is where the window's start replays from"
+    );
+    assert!(
+        verdict(1).reasons[0].ends_with("(replay base)"),
+        "{:?}",
+        verdict(1)
+    );
+    assert!(verdict(2).keep && verdict(3).keep);
+    // Plain retention (as for files) would have removed S1.
+    let plain = retention::apply(&entries, &policy, GroupBy::default(), &tz);
+    assert!(!plain.iter().find(|d| d.id == by_time[1].id).unwrap().keep);
+
+    // Forget what the policy removes, and the segments the window does not need.
+    for d in decisions.iter().filter(|d| !d.keep) {
+        repo.forget_snapshot(&d.id).unwrap();
+    }
+    let repo = setup.repo();
+    let snapshots = lifeboat_sqlite::catalog::database_snapshots(&repo, None).unwrap();
+    assert_eq!(snapshots.len(), 3);
+    let plan = lifeboat_sqlite::retention::plan_segments(
+        &repo,
+        &snapshots[0].state.stream,
+        &snapshots,
+        window_start,
+    )
+    .unwrap();
+    assert!(!plan.delete.is_empty(), "{plan:?}");
+    lifeboat_sqlite::retention::apply_segments(&repo, &plan).unwrap();
+
+    // Every moment of the window restores exactly: its start, a moment among the rows after
+    // it, and the latest state.
+    let source = rows(&setup.db());
+    assert_eq!(source.len(), 50);
+    let mut moments = vec![window_start.as_microsecond(), source[25].1 + 1];
+    moments.push(source[45].1 + 1);
+    for (i, t_micros) in moments.into_iter().enumerate() {
+        let t = jiff::Timestamp::from_microsecond(t_micros).unwrap();
+        let (path, _) = setup
+            .restore(&format!("window-{i}.db"), RestorePoint::Time(t))
+            .unwrap();
+        let restored = rows(&path);
+        // Rows were shipped by explicit ticks: a restore to T holds exactly those committed
+        // before the last tick at or before T, a prefix with nothing after T.
+        assert_eq!(restored[..], source[..restored.len()], "a prefix at {t}");
+        assert!(
+            restored.iter().all(|r| r.1 <= t_micros),
+            "nothing after {t}"
+        );
+        assert!(restored.len() >= 20, "at {t}: {} rows", restored.len());
+    }
+    let (path, _) = setup.restore("latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), source);
+}
