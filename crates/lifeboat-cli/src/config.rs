@@ -18,6 +18,18 @@
 //! keep_daily = 30
 //! keep_weekly = "forever"
 //! keep_within = "7d"
+//!
+//! [sqlite]                                      # `lifeboat sqlite replicate` without arguments
+//! databases = ["/srv/app/app.db"]
+//! interval = "1s"
+//! snapshot_interval = "1h"
+//!
+//! [[sqlite.destinations]]                       # default: the repository above
+//! repository = "/var/backups/lifeboat"
+//!
+//! [[sqlite.destinations]]
+//! repository = "s3:https://s3.example.net/backups/app"
+//! password_file = "/etc/lifeboat/s3.password"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,6 +56,43 @@ pub struct ConfigFile {
     /// Settings of `prune` (and `forget --prune`) that its flags leave unset.
     #[serde(default)]
     pub prune: PruneSection,
+    /// The SQLite replication job: what `lifeboat sqlite replicate` runs without arguments.
+    #[serde(default)]
+    pub sqlite: SqliteSection,
+}
+
+/// `[sqlite]`: databases, destinations and settings of `lifeboat sqlite replicate` (flags win;
+/// intervals in the flags' forms, e.g. `interval = "1s"`).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSection {
+    /// Databases replicated when the command line names none.
+    #[serde(default)]
+    pub databases: Vec<PathBuf>,
+    /// Repositories to replicate into when the command line names none (neither `--repo`
+    /// nor `--to`); without any, the top-level `repository`.
+    #[serde(default)]
+    pub destinations: Vec<SqliteDestination>,
+    pub interval: Option<String>,
+    pub snapshot_interval: Option<String>,
+    pub checkpoint_frames: Option<u64>,
+    pub max_lag_mib: Option<u64>,
+    pub spool_dir: Option<PathBuf>,
+    pub status_file: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[[sqlite.destinations]]`: one repository and where its password comes from (default: the
+/// top-level password source).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteDestination {
+    pub repository: String,
+    pub password_file: Option<PathBuf>,
+    /// Not shown by `config show`: a command line may carry a secret.
+    #[serde(skip_serializing)]
+    pub password_command: Option<String>,
 }
 
 /// `[prune]`: the same forms as the flags, e.g. `max_unused = "5%"`, `grace = "1h"`.

@@ -719,6 +719,7 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             "backup": file.backup,
             "forget": file.forget,
             "prune": file.prune,
+            "sqlite": file.sqlite,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -765,7 +766,17 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Diff(args) => browse::diff(global, &args),
         Command::Stats(args) => browse::stats(global, &args),
         Command::Pg(command) => pg::run(global, &command),
-        Command::Sqlite(command) => sqlite::run(global, &command),
+        Command::Sqlite(command) => {
+            let job = sqlite::FileJob {
+                section: &file.sqlite,
+                repo_from_file,
+                matches: matches
+                    .subcommand_matches("sqlite")
+                    .and_then(|m| m.subcommand())
+                    .map(|(_, m)| m),
+            };
+            sqlite::run(global, &command, &job)
+        }
         Command::Serve(args) => server::serve(&args),
         Command::Audit(command) => server::audit(&command, global.json),
         Command::Admin(command) => server::admin(&command),
@@ -1429,11 +1440,21 @@ fn forget(
         .into_iter()
         .filter(|s| args.filter.matches(&s.snapshot))
         .collect();
-    let decisions = retention::apply(
+    // Database snapshots are bases of a journal: a recovery window also keeps the base its
+    // first moments replay from (see docs/maintenance.md).
+    let timeline = |entry: &lifeboat_repo::SnapshotEntry| {
+        lifeboat_sqlite::catalog::timeline(&entry.snapshot).or_else(|| {
+            lifeboat_postgres::BackupState::of(&entry.snapshot)
+                .filter(|state| state.complete)
+                .map(|state| format!("postgres {}", state.stream))
+        })
+    };
+    let decisions = retention::apply_with_timelines(
         &snapshots,
         &policy,
         args.group_by,
         &jiff::tz::TimeZone::system(),
+        &timeline,
     );
     let removed: Vec<_> = decisions.iter().filter(|d| !d.keep).collect();
     if global.json {

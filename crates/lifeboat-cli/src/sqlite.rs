@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lifeboat_sqlite::retention as journal_retention;
-use lifeboat_sqlite::{ReplicateOptions, Replicator, RestorePoint, Selector};
+use lifeboat_sqlite::{
+    Destination, DestinationState, ReplicateOptions, Replicator, RestorePoint, Selector,
+};
 
-use crate::GlobalArgs;
+use crate::{GlobalArgs, config};
 
 #[derive(Subcommand)]
 pub enum SqliteCommand {
@@ -29,27 +31,41 @@ pub enum SqliteCommand {
 
 #[derive(Args)]
 pub struct ReplicateArgs {
-    /// Database files (each must be in WAL mode).
-    #[arg(required = true)]
+    /// Database files (each must be in WAL mode); default: `databases` in the `[sqlite]`
+    /// section of the config file.
     databases: Vec<PathBuf>,
-    /// How often new transactions are shipped (ms, s, m, h): the most a crash can lose.
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    interval: Duration,
-    /// How often a whole-database snapshot is taken.
-    #[arg(long, default_value = "1h", value_parser = parse_interval)]
-    snapshot_interval: Duration,
-    /// Checkpoint (PASSIVE) once the WAL holds this many frames.
-    #[arg(long, default_value_t = 1000)]
-    checkpoint_frames: u64,
-    /// While the repository is unreachable, keep at most this many MiB of unshipped WAL on local
-    /// disk; past it, stop holding the WAL and resync with a new generation later (0: no limit).
-    #[arg(long, default_value_t = 1024)]
-    max_lag_mib: u64,
+    /// Another repository to replicate into, besides --repo (repeatable): each has its own
+    /// queue and lag, and one that is down does not hold back the others. Its password comes
+    /// from a --to-password-file or --to-password-command given after it (before the next
+    /// --to), else from the main password source.
+    #[arg(long = "to", value_name = "REPO")]
+    to: Vec<String>,
+    /// File whose first line is the password of the --to repository it follows.
+    #[arg(long = "to-password-file", value_name = "FILE")]
+    to_password_file: Vec<PathBuf>,
+    /// Shell command printing the password of the --to repository it follows.
+    #[arg(long = "to-password-command", value_name = "COMMAND")]
+    to_password_command: Vec<String>,
+    /// How often new transactions are shipped (ms, s, m, h): the most a crash can lose
+    /// [default: 1s].
+    #[arg(long, value_parser = parse_interval)]
+    interval: Option<Duration>,
+    /// How often a whole-database snapshot is taken [default: 1h].
+    #[arg(long, value_parser = parse_interval)]
+    snapshot_interval: Option<Duration>,
+    /// Checkpoint (PASSIVE) once the WAL holds this many frames [default: 1000].
+    #[arg(long)]
+    checkpoint_frames: Option<u64>,
+    /// Keep at most this many MiB of WAL on local disk for a destination that is unreachable
+    /// or slow; past it, that destination stops holding the WAL and resyncs with a new
+    /// generation when it answers (0: no limit) [default: 1024].
+    #[arg(long)]
+    max_lag_mib: Option<u64>,
     /// Directory for the temporary copy a snapshot is read from (needs room for the database).
     #[arg(long)]
     spool_dir: Option<PathBuf>,
-    /// Write each database's replication status as JSON to this file after every round
-    /// (`{database}` in the name is replaced by the database's file name).
+    /// Write each database's replication status (per destination) as JSON to this file after
+    /// every round (`{database}` in the name is replaced by the database's file name).
     #[arg(long)]
     status_file: Option<String>,
     /// Tags for the snapshots.
@@ -86,6 +102,16 @@ pub struct RestoreArgs {
 pub struct StatusArgs {
     /// Only these databases.
     databases: Vec<PathBuf>,
+    /// Also (or, with the config file's destinations, instead) this repository (repeatable);
+    /// its password comes from the --to-password-file or --to-password-command after it.
+    #[arg(long = "to", value_name = "REPO")]
+    to: Vec<String>,
+    /// File whose first line is the password of the --to repository it follows.
+    #[arg(long = "to-password-file", value_name = "FILE")]
+    to_password_file: Vec<PathBuf>,
+    /// Shell command printing the password of the --to repository it follows.
+    #[arg(long = "to-password-command", value_name = "COMMAND")]
+    to_password_command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -121,17 +147,170 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-pub fn run(global: &GlobalArgs, command: &SqliteCommand) -> Result<ExitCode> {
+/// What the configuration file says about SQLite replication, and how the command line was
+/// given (to pair each `--to` with the password flags after it).
+pub struct FileJob<'a> {
+    pub section: &'a config::SqliteSection,
+    /// The main repository came from the file (not from --repo or the environment).
+    pub repo_from_file: bool,
+    pub matches: Option<&'a clap::ArgMatches>,
+}
+
+pub fn run(global: &GlobalArgs, command: &SqliteCommand, job: &FileJob) -> Result<ExitCode> {
     match command {
-        SqliteCommand::Replicate(args) => replicate(global, args),
+        SqliteCommand::Replicate(args) => replicate(global, args, job),
         SqliteCommand::Restore(args) => restore(global, args),
-        SqliteCommand::Status(args) => status(global, args),
+        SqliteCommand::Status(args) => status(global, args, job),
         SqliteCommand::ForgetSegments(args) => forget_segments(global, args),
     }
 }
 
-fn replicate(global: &GlobalArgs, args: &ReplicateArgs) -> Result<ExitCode> {
-    let repo = crate::open(global)?;
+/// A repository to replicate into (or report on), with its password source.
+struct DestinationSpec {
+    location: String,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+}
+
+/// Pairs each `--to` with the `--to-password-file`/`--to-password-command` given after it
+/// (before the next `--to`).
+fn paired_destinations(
+    to: &[String],
+    files: &[PathBuf],
+    commands: &[String],
+    matches: Option<&clap::ArgMatches>,
+) -> Result<Vec<DestinationSpec>> {
+    let indices = |id: &str| -> Vec<usize> {
+        matches
+            .and_then(|m| m.indices_of(id))
+            .map(|i| i.collect())
+            .unwrap_or_default()
+    };
+    let to_at = indices("to");
+    let owner = |at: usize, flag: &str| -> Result<usize> {
+        to_at.iter().rposition(|&t| t < at).with_context(|| {
+            format!("{flag} must follow the --to repository whose password it gives")
+        })
+    };
+    let mut specs: Vec<DestinationSpec> = to
+        .iter()
+        .map(|location| DestinationSpec {
+            location: location.clone(),
+            password_file: None,
+            password_command: None,
+        })
+        .collect();
+    if to_at.len() != to.len() && !(files.is_empty() && commands.is_empty()) {
+        bail!("cannot tell which --to each password flag belongs to");
+    }
+    for (file, at) in files.iter().zip(indices("to_password_file")) {
+        let spec = &mut specs[owner(at, "--to-password-file")?];
+        if spec.password_file.is_some() {
+            bail!("two --to-password-file for {}", spec.location);
+        }
+        spec.password_file = Some(file.clone());
+    }
+    for (command, at) in commands.iter().zip(indices("to_password_command")) {
+        let spec = &mut specs[owner(at, "--to-password-command")?];
+        if spec.password_command.is_some() || spec.password_file.is_some() {
+            bail!("{} has more than one password source", spec.location);
+        }
+        spec.password_command = Some(command.clone());
+    }
+    Ok(specs)
+}
+
+/// The destinations, by precedence: --repo (flag or environment) and every --to; else the
+/// config file's `[[sqlite.destinations]]`; else the config file's `repository`.
+fn destinations(
+    global: &GlobalArgs,
+    to: Vec<DestinationSpec>,
+    job: &FileJob,
+) -> Result<Vec<DestinationSpec>> {
+    let main = || {
+        global.repo.clone().map(|location| DestinationSpec {
+            location,
+            password_file: None,
+            password_command: None,
+        })
+    };
+    let explicit = global.repo.is_some() && !job.repo_from_file;
+    let mut list = Vec::new();
+    if explicit || !to.is_empty() {
+        if explicit {
+            list.extend(main());
+        }
+        list.extend(to);
+    } else if !job.section.destinations.is_empty() {
+        for d in &job.section.destinations {
+            list.push(DestinationSpec {
+                location: d.repository.clone(),
+                password_file: d.password_file.clone(),
+                password_command: d.password_command.clone(),
+            });
+        }
+    } else {
+        list.extend(main());
+    }
+    if list.is_empty() {
+        bail!(
+            "no repository given: use --repo (or LIFEBOAT_REPOSITORY), --to, or [[sqlite.destinations]] in the config file"
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for spec in &list {
+        if !seen.insert(spec.location.clone()) {
+            bail!("repository {} is named twice", spec.location);
+        }
+    }
+    Ok(list)
+}
+
+/// Opens a destination; without its own password source it uses the main one.
+fn open_destination(
+    global: &GlobalArgs,
+    spec: &DestinationSpec,
+) -> Result<lifeboat_repo::Repository> {
+    let (file, command) = if spec.password_file.is_none() && spec.password_command.is_none() {
+        (
+            global.password_file.clone(),
+            global.password_command.clone(),
+        )
+    } else {
+        (spec.password_file.clone(), spec.password_command.clone())
+    };
+    let other = crate::other_repository(global, &spec.location, file, command);
+    crate::open(&other).with_context(|| format!("cannot open repository {}", spec.location))
+}
+
+fn replicate(global: &GlobalArgs, args: &ReplicateArgs, job: &FileJob) -> Result<ExitCode> {
+    let file = job.section;
+    let from_file = |name: &str, text: &Option<String>| -> Result<Option<Duration>> {
+        text.as_deref()
+            .map(|t| parse_interval(t).map_err(|e| anyhow::anyhow!("[sqlite] {name}: {e}")))
+            .transpose()
+    };
+    let databases = if args.databases.is_empty() {
+        file.databases.clone()
+    } else {
+        args.databases.clone()
+    };
+    if databases.is_empty() {
+        bail!(
+            "no database given: name the database files, or list them as `databases` in the [sqlite] section of the config file"
+        );
+    }
+    let to = paired_destinations(
+        &args.to,
+        &args.to_password_file,
+        &args.to_password_command,
+        job.matches,
+    )?;
+    let specs = destinations(global, to, job)?;
+    let mut repos = Vec::new();
+    for spec in &specs {
+        repos.push((spec.location.clone(), open_destination(global, spec)?));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -141,32 +320,70 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs) -> Result<ExitCode> {
             }
         });
     }
+    let max_lag_mib = args.max_lag_mib.or(file.max_lag_mib).unwrap_or(1024);
+    let tags = if args.tags.is_empty() {
+        file.tags.clone()
+    } else {
+        args.tags.clone()
+    };
     let options = ReplicateOptions {
-        interval: args.interval,
-        snapshot_interval: args.snapshot_interval,
-        checkpoint_frames: args.checkpoint_frames,
-        spool_dir: args.spool_dir.clone(),
-        max_lag_bytes: (args.max_lag_mib > 0).then_some(args.max_lag_mib << 20),
+        interval: args
+            .interval
+            .or(from_file("interval", &file.interval)?)
+            .unwrap_or(Duration::from_secs(1)),
+        snapshot_interval: args
+            .snapshot_interval
+            .or(from_file("snapshot_interval", &file.snapshot_interval)?)
+            .unwrap_or(Duration::from_secs(3600)),
+        checkpoint_frames: args
+            .checkpoint_frames
+            .or(file.checkpoint_frames)
+            .unwrap_or(1000),
+        spool_dir: args.spool_dir.clone().or_else(|| file.spool_dir.clone()),
+        max_lag_bytes: (max_lag_mib > 0).then_some(max_lag_mib << 20),
         hostname: crate::hostname(),
         username: crate::username(),
-        tags: args.tags.clone(),
+        tags,
         ..ReplicateOptions::default()
     };
-    // One thread per database, each with its own connections and view of the index.
+    let status_pattern = args
+        .status_file
+        .clone()
+        .or_else(|| file.status_file.clone());
+    // One thread per database (each with its own connections, and one more per destination),
+    // each with its own view of every destination's index.
     let mut threads = Vec::new();
-    for database in &args.databases {
-        let indexed = repo.clone().load_index()?;
-        let mut replicator = Replicator::open(database, indexed, options.clone())
+    for database in &databases {
+        let mut destinations = Vec::new();
+        for (name, repo) in &repos {
+            destinations.push(Destination {
+                name: name.clone(),
+                repo: repo.clone().load_index()?,
+            });
+        }
+        let mut replicator = Replicator::open_with(database, destinations, options.clone())
             .with_context(|| format!("cannot start replicating {}", database.display()))?;
         if !global.quiet && !global.json {
             let status = replicator.status();
-            eprintln!(
-                "replicating {} (stream {}, generation {})",
-                status.database, status.stream, status.generation
-            );
+            for d in &status.destinations {
+                eprintln!(
+                    "replicating {} to {} (stream {}, generation {}{})",
+                    status.database,
+                    d.repository,
+                    d.stream,
+                    d.generation,
+                    match d.state {
+                        DestinationState::Live => String::new(),
+                        DestinationState::Released => format!(
+                            "; not answering, retried in the background: {}",
+                            d.last_error.as_deref().unwrap_or("unknown error")
+                        ),
+                    }
+                );
+            }
         }
         let stop = stop.clone();
-        let status_file = args.status_file.as_ref().map(|pattern| {
+        let status_file = status_pattern.as_ref().map(|pattern| {
             let name = database
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -178,7 +395,7 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs) -> Result<ExitCode> {
                     write_status(path, status);
                 }
             });
-            replicator.status().clone()
+            replicator.status()
         }));
     }
     let mut statuses = Vec::new();
@@ -193,10 +410,17 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&statuses)?);
     } else if !global.quiet {
         for s in &statuses {
-            eprintln!(
-                "stopped {}: {} segments ({} bytes), {} snapshots, {} checkpoints",
-                s.database, s.segments_shipped, s.bytes_shipped, s.snapshots_taken, s.checkpoints
-            );
+            for d in &s.destinations {
+                eprintln!(
+                    "stopped {} to {}: {} segments ({} bytes), {} snapshots; {} checkpoints",
+                    s.database,
+                    d.repository,
+                    d.segments_shipped,
+                    d.bytes_shipped,
+                    d.snapshots_taken,
+                    s.checkpoints
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -266,29 +490,48 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
-    let repo = crate::open(global)?;
+fn status(global: &GlobalArgs, args: &StatusArgs, job: &FileJob) -> Result<ExitCode> {
+    let to = paired_destinations(
+        &args.to,
+        &args.to_password_file,
+        &args.to_password_command,
+        job.matches,
+    )?;
+    let specs = destinations(global, to, job)?;
+    let several = specs.len() > 1;
     let mut all = Vec::new();
-    if args.databases.is_empty() {
-        all = lifeboat_sqlite::status::status(&repo, None)?;
-    } else {
-        for database in &args.databases {
-            let found = lifeboat_sqlite::status::status(&repo, Some(&Selector::path(database)))?;
-            if found.is_empty() {
-                bail!(
-                    "the repository holds nothing of {}; start `lifeboat sqlite replicate` on it",
-                    database.display()
-                );
+    for spec in &specs {
+        let repo = open_destination(global, spec)?;
+        let mut found = Vec::new();
+        if args.databases.is_empty() {
+            found = lifeboat_sqlite::status::status(&repo, None)?;
+        } else {
+            for database in &args.databases {
+                let one = lifeboat_sqlite::status::status(&repo, Some(&Selector::path(database)))?;
+                if one.is_empty() {
+                    bail!(
+                        "repository {} holds nothing of {}; start `lifeboat sqlite replicate` on it",
+                        spec.location,
+                        database.display()
+                    );
+                }
+                found.extend(one);
             }
-            all.extend(found);
         }
+        for s in &mut found {
+            s.repository = Some(spec.location.clone());
+        }
+        all.extend(found);
     }
     if global.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }
     for s in &all {
-        println!("{}", s.database);
+        match (&s.repository, several) {
+            (Some(repository), true) => println!("{} in {repository}", s.database),
+            _ => println!("{}", s.database),
+        }
         println!("  stream          {}", s.stream);
         println!(
             "  generation      {} ({} snapshots, {} segments)",

@@ -134,12 +134,26 @@ fn replicate_status_restore_and_refusals() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let file_status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.path("status-app.db.json")).unwrap()).unwrap();
-    assert!(
-        file_status["segments_shipped"].as_u64() > Some(0),
-        "{file_status}"
-    );
+    // The status file is rewritten every round; the destination stores on its own thread, so
+    // the round after the upload shows it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let file_status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.path("status-app.db.json")).unwrap())
+                .unwrap();
+        let destination = &file_status["destinations"][0];
+        if destination["segments_shipped"].as_u64() > Some(0) {
+            assert_eq!(destination["state"], "live", "{file_status}");
+            assert_eq!(
+                destination["repository"],
+                env.path("repo").to_str().unwrap(),
+                "{file_status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{file_status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         Command::new("kill")
             .args(["-TERM", &replicate.0.id().to_string()])
@@ -228,4 +242,253 @@ fn replicate_refuses_a_database_not_in_wal_mode() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("journal_mode=WAL"));
+}
+
+/// Polls `sqlite status --json` (run by `status`) until every listed destination holds every
+/// committed transaction; returns the entries.
+fn wait_until_stored(
+    status: impl Fn() -> serde_json::Value,
+    destinations: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let value = status();
+        let entries = value.as_array().unwrap().clone();
+        if entries.len() == destinations
+            && entries
+                .iter()
+                .all(|e| e["lag"]["bytes"] == 0 && e["segments"].as_u64() > Some(0))
+        {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replication did not catch up: {value}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigterm(child: &mut KillOnDrop) -> std::process::Output {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.0.stdout.take() {
+        std::io::Read::read_to_end(&mut out, &mut stdout).unwrap();
+    }
+    let status = child.0.wait().unwrap();
+    std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    }
+}
+
+#[test]
+fn the_config_file_job_feeds_every_destination_and_to_flags_pair_their_passwords() {
+    let env = Env::new();
+    std::fs::write(env.path("password2"), "another long test password\n").unwrap();
+    let out = env
+        .cmd()
+        .env("LIFEBOAT_REPOSITORY", env.path("repo2"))
+        .env("LIFEBOAT_PASSWORD_FILE", env.path("password2"))
+        .args(["init", "--insecure-kdf-for-tests", "--pack-size-mib", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = format!(
+        r#"
+[sqlite]
+databases = ["{db}"]
+interval = "100ms"
+status_file = "{status}"
+
+[[sqlite.destinations]]
+repository = "{repo1}"
+password_file = "{password1}"
+
+[[sqlite.destinations]]
+repository = "{repo2}"
+password_file = "{password2}"
+"#,
+        db = env.db().display(),
+        status = env.path("status-{database}.json").display(),
+        repo1 = env.path("repo").display(),
+        password1 = env.path("password").display(),
+        repo2 = env.path("repo2").display(),
+        password2 = env.path("password2").display(),
+    );
+    std::fs::write(env.path("config.toml"), config).unwrap();
+    // The job alone: no repository or password in the environment, no arguments.
+    let job = || {
+        let mut cmd = env.cmd();
+        cmd.env_remove("LIFEBOAT_REPOSITORY")
+            .env_remove("LIFEBOAT_PASSWORD_FILE")
+            .env("LIFEBOAT_CONFIG", env.path("config.toml"));
+        cmd
+    };
+    let app = Connection::open(env.db()).unwrap();
+    app.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut replicate = KillOnDrop(
+        job()
+            .args(["sqlite", "replicate"])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !env.path("status-app.db.json").exists() {
+        assert!(Instant::now() < deadline, "the replicator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..30 {
+        app.execute(
+            "INSERT INTO notes (body) VALUES (?1)",
+            [format!("note {i}")],
+        )
+        .unwrap();
+    }
+    let status_json = || {
+        let out = job().args(["--json", "sqlite", "status"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let entries = wait_until_stored(status_json, 2);
+    let repositories: Vec<&str> = entries
+        .iter()
+        .map(|e| e["repository"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        repositories,
+        [
+            env.path("repo").to_str().unwrap(),
+            env.path("repo2").to_str().unwrap()
+        ]
+    );
+    let file_status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("status-app.db.json")).unwrap()).unwrap();
+    assert_eq!(
+        file_status["destinations"].as_array().unwrap().len(),
+        2,
+        "{file_status}"
+    );
+    assert!(sigterm(&mut replicate).status.success());
+    for (repo, password, name) in [
+        ("repo", "password", "one.db"),
+        ("repo2", "password2", "two.db"),
+    ] {
+        let out = env
+            .cmd()
+            .env("LIFEBOAT_REPOSITORY", env.path(repo))
+            .env("LIFEBOAT_PASSWORD_FILE", env.path(password))
+            .args(["sqlite", "restore"])
+            .arg(env.db())
+            .arg("--to")
+            .arg(env.path(name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(notes(&env.path(name)), notes(&env.db()), "{repo}");
+    }
+
+    // The same two by flags: --repo (here from the environment) and --to with its own
+    // password file. Both resume their journals.
+    let mut replicate = KillOnDrop(
+        env.cmd()
+            .args(["--json", "sqlite", "replicate", "--interval", "100ms"])
+            .arg(env.db())
+            .arg("--to")
+            .arg(env.path("repo2"))
+            .arg("--to-password-file")
+            .arg(env.path("password2"))
+            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    for i in 30..50 {
+        app.execute(
+            "INSERT INTO notes (body) VALUES (?1)",
+            [format!("note {i}")],
+        )
+        .unwrap();
+    }
+    let flags_status = || {
+        env.json(&[
+            "sqlite",
+            "status",
+            "--to",
+            env.path("repo2").to_str().unwrap(),
+            "--to-password-file",
+            env.path("password2").to_str().unwrap(),
+        ])
+    };
+    // Wait for the replicator to be running (it takes the write lock once at start), then
+    // for both destinations to hold the new rows.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for probe in 0.. {
+        wait_until_stored(flags_status, 2);
+        let restored = env.path(&format!("probe-{probe}.db"));
+        let out = env
+            .cmd()
+            .env("LIFEBOAT_REPOSITORY", env.path("repo2"))
+            .env("LIFEBOAT_PASSWORD_FILE", env.path("password2"))
+            .args(["sqlite", "restore"])
+            .arg(env.db())
+            .arg("--to")
+            .arg(&restored)
+            .output()
+            .unwrap();
+        if out.status.success() && notes(&restored).len() == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second repository did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sigterm(&mut replicate);
+    assert!(out.status.success());
+    let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let destinations = statuses[0]["destinations"].as_array().unwrap();
+    assert_eq!(destinations.len(), 2, "{statuses}");
+    for d in destinations {
+        assert_eq!(d["generations_started"], 0, "resumed: {statuses}");
+        assert_eq!(d["state"], "live", "{statuses}");
+    }
+
+    // A password flag must follow the --to it belongs to.
+    let out = env
+        .cmd()
+        .args(["sqlite", "status", "--to-password-file"])
+        .arg(env.path("password2"))
+        .arg("--to")
+        .arg(env.path("repo2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must follow the --to"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

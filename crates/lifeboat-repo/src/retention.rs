@@ -15,6 +15,16 @@
 //!
 //! Rules are evaluated per group (by default host and paths); a snapshot is kept if any rule
 //! keeps it.
+//!
+//! **Timelines.** Some snapshots are the bases of a journal (an SQLite database's segments, a
+//! PostgreSQL WAL archive) that makes every moment after them restorable, by replaying from
+//! the newest snapshot at or before that moment. For those, `within D` is a promise about
+//! every moment of D, so [`apply_with_timelines`] also keeps, for each timeline, the newest
+//! snapshot at or before the window's start: without it the first moments of the window could
+//! not be restored. Older snapshots of a timeline restore nothing in the window and follow the
+//! other rules ("any second of the last 7 days, then daily for 30 days" is `within 7d` plus
+//! `daily 30`). One base per timeline is enough: a journal generation alive at the window's
+//! start began with a snapshot before it, and later generations begin inside the window.
 
 use std::collections::BTreeMap;
 
@@ -212,6 +222,19 @@ pub fn apply(
     by: GroupBy,
     tz: &TimeZone,
 ) -> Vec<Decision> {
+    apply_with_timelines(snapshots, policy, by, tz, &|_| None)
+}
+
+/// Like [`apply`], where `timeline` names the journal a snapshot is a base of (`None`: it
+/// restores only its own moment). `within D` then also keeps each timeline's newest snapshot
+/// at or before the window's start, with the reason `within D (replay base)`.
+pub fn apply_with_timelines(
+    snapshots: &[SnapshotEntry],
+    policy: &KeepPolicy,
+    by: GroupBy,
+    tz: &TimeZone,
+    timeline: &dyn Fn(&SnapshotEntry) -> Option<String>,
+) -> Vec<Decision> {
     let mut groups: BTreeMap<String, Vec<&SnapshotEntry>> = BTreeMap::new();
     for entry in snapshots {
         groups.entry(group_key(entry, by)).or_default().push(entry);
@@ -241,6 +264,17 @@ pub fn apply(
             for (i, t) in times.iter().enumerate() {
                 if t.timestamp() >= limit {
                     reasons[i].push(format!("within {span:#}"));
+                }
+            }
+            // Members are newest first: the first one before the window, per timeline, is
+            // where a restore to the window's start replays from.
+            let mut bases = std::collections::BTreeSet::new();
+            for (i, member) in members.iter().enumerate() {
+                if times[i].timestamp() < limit
+                    && let Some(line) = timeline(member)
+                    && bases.insert(line)
+                {
+                    reasons[i].push(format!("within {span:#} (replay base)"));
                 }
             }
         }
@@ -551,6 +585,111 @@ mod tests {
                 .all(|d| !d.keep)
         );
         assert!(KeepPolicy::default().is_empty());
+    }
+
+    /// Hourly snapshots of two databases with journals (timelines "a" and "b") and one plain
+    /// file snapshot per hour, all in one group, over ten days.
+    fn journaled() -> (
+        Vec<SnapshotEntry>,
+        impl Fn(&SnapshotEntry) -> Option<String>,
+    ) {
+        let start: Timestamp = "2026-06-01T00:30:00Z".parse().unwrap();
+        let mut all = Vec::new();
+        for h in 0..240u64 {
+            let t = start.checked_add(Span::new().hours(h as i64)).unwrap();
+            all.push(snap(3 * h, t, "db", &["a"]));
+            // b's snapshots run 10 minutes behind a's.
+            let tb = t.checked_add(Span::new().minutes(10)).unwrap();
+            all.push(snap(3 * h + 1, tb, "db", &["b"]));
+            all.push(snap(3 * h + 2, t, "db", &[]));
+        }
+        let timeline = |e: &SnapshotEntry| e.snapshot.tags.first().cloned();
+        (all, timeline)
+    }
+
+    #[test]
+    fn a_recovery_window_keeps_each_timelines_replay_base() {
+        let (all, timeline) = journaled();
+        let p = policy(|p| p.within = Some(parse_duration("7d").unwrap()));
+        let decisions =
+            apply_with_timelines(&all, &p, GroupBy::default(), &TimeZone::UTC, &timeline);
+        let newest = all.iter().map(|e| e.snapshot.time).max().unwrap();
+        let limit = newest.checked_sub(Span::new().hours(24 * 7)).unwrap();
+        let entry = |d: &Decision| all.iter().find(|e| e.id == d.id).unwrap();
+        // Everything in the window stays.
+        for d in &decisions {
+            if entry(d).snapshot.time >= limit {
+                assert!(d.keep, "{d:?}");
+            }
+        }
+        // Before it: exactly the newest snapshot of each timeline, nothing of plain snapshots.
+        let before: Vec<&Decision> = decisions
+            .iter()
+            .filter(|d| d.keep && entry(d).snapshot.time < limit)
+            .collect();
+        assert_eq!(before.len(), 2, "{before:?}");
+        for line in ["a", "b"] {
+            let base = all
+                .iter()
+                .filter(|e| e.snapshot.tags == [line] && e.snapshot.time < limit)
+                .max_by_key(|e| e.snapshot.time)
+                .unwrap();
+            let d = before.iter().find(|d| d.id == base.id).unwrap();
+            assert_eq!(d.reasons, ["within 7d (replay base)"]);
+        }
+        // Without timelines (plain `apply`, what a file backup needs) the bases go: that is
+        // the loss the timelines prevent.
+        let plain = apply(&all, &p, GroupBy::default(), &TimeZone::UTC);
+        assert!(
+            plain
+                .iter()
+                .filter(|d| d.keep)
+                .all(|d| entry(d).snapshot.time >= limit)
+        );
+        // A window reaching before every snapshot has no base to add.
+        let long = policy(|p| p.within = Some(parse_duration("30d").unwrap()));
+        let decisions =
+            apply_with_timelines(&all, &long, GroupBy::default(), &TimeZone::UTC, &timeline);
+        assert!(decisions.iter().all(|d| d.keep && d.reasons.len() == 1));
+    }
+
+    #[test]
+    fn any_second_of_a_week_then_daily_for_a_month() {
+        let (all, timeline) = journaled();
+        let p = policy(|p| {
+            p.within = Some(parse_duration("7d").unwrap());
+            p.periods.insert(Period::Daily, Count::Last(30));
+        });
+        let decisions =
+            apply_with_timelines(&all, &p, GroupBy::default(), &TimeZone::UTC, &timeline);
+        let kept: Vec<&SnapshotEntry> = decisions
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| all.iter().find(|e| e.id == d.id).unwrap())
+            .collect();
+        // The window (from 06-03 23:40, b's snapshot at that minute included), the two
+        // replay bases just before it (a at 23:30, b at 22:40 on 06-03), and the daily
+        // snapshots of the two days wholly before it (b at 23:40 on 06-01 and 06-02).
+        let newest = all.iter().map(|e| e.snapshot.time).max().unwrap();
+        let limit = newest.checked_sub(Span::new().hours(24 * 7)).unwrap();
+        assert_eq!(limit.to_string(), "2026-06-03T23:40:00Z");
+        let in_window = all.iter().filter(|e| e.snapshot.time >= limit).count();
+        let mut before: Vec<String> = kept
+            .iter()
+            .filter(|e| e.snapshot.time < limit)
+            .map(|e| format!("{} {}", e.snapshot.time, e.snapshot.tags.join("")))
+            .collect();
+        before.sort();
+        assert_eq!(
+            before,
+            [
+                "2026-06-01T23:40:00Z b",
+                "2026-06-02T23:40:00Z b",
+                "2026-06-03T22:40:00Z b",
+                "2026-06-03T23:30:00Z a",
+            ]
+        );
+        assert_eq!(kept.len(), in_window + 4);
     }
 
     #[test]

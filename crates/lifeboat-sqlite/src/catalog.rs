@@ -131,6 +131,17 @@ pub fn database_snapshots(
     Ok(found)
 }
 
+/// The timeline an SQLite snapshot is a base of, for retention
+/// (`lifeboat_repo::retention::apply_with_timelines`): its database's journal stream. `None`
+/// for other snapshots.
+pub fn timeline(snapshot: &Snapshot) -> Option<String> {
+    if snapshot.source != SourceKind::Sqlite {
+        return None;
+    }
+    let state: SnapshotState = serde_json::from_value(snapshot.source_state.clone()?).ok()?;
+    Some(format!("sqlite {}", state.stream))
+}
+
 /// The segments of `generation` in `stream`, in order.
 pub fn generation_segments(
     repo: &Repository,

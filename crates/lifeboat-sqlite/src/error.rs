@@ -71,6 +71,24 @@ pub enum Error {
         /// The first lines of SQLite's report.
         report: String,
     },
+    /// The copy of the database a snapshot is read from could not be made.
+    #[error("cannot copy {path} for a snapshot: {reason}")]
+    SnapshotCopy {
+        /// The database.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Destinations did not store what was committed in time.
+    #[error(
+        "replication of {database} is behind at {destinations}; check that the repository answers (`lifeboat snapshots` on it)"
+    )]
+    Behind {
+        /// The database.
+        database: String,
+        /// Which destinations, how far behind, and their last error.
+        destinations: String,
+    },
     /// The source state recorded in a snapshot is not one this version understands.
     #[error("snapshot {snapshot}: {reason}")]
     BadSnapshot {

@@ -11,6 +11,11 @@
 //! without losing anything. Periodic whole-database snapshots go through the engine's
 //! content-defined chunking, so successive ones share most of their data.
 //!
+//! One replicator can feed several repositories ([`Destination`]s, e.g. a local one and S3):
+//! one reader holds the read transaction, and each destination has its own queue, thread,
+//! cursor and lag. One that is down or slow is released past the lag limit (it no longer holds
+//! the WAL back) and resyncs with a fresh snapshot when it answers.
+//!
 //! [`restore()`] rebuilds the database as of any captured moment: the newest snapshot at or
 //! before it, then the segments' frames in order up to the last one captured by then, checked
 //! with SQLite's checksums and `PRAGMA integrity_check`.
@@ -44,6 +49,8 @@
 //! let mut replicator = Replicator::open(&db, repo.clone().load_index()?, ReplicateOptions::default())?;
 //! app.execute("INSERT INTO t VALUES (2)", [])?;
 //! replicator.tick()?;
+//! // Each destination stores on its own thread; wait until they have it.
+//! replicator.sync(std::time::Duration::from_secs(60))?;
 //!
 //! let restored = dir.path().join("restored.db");
 //! let repo = Repository::open(repo.storage().clone(), b"pw")?.load_index()?;
@@ -66,5 +73,8 @@ pub mod wal;
 pub use catalog::{DatabaseSnapshot, Selector, SnapshotState};
 pub use error::{Error, Result};
 pub use follow::Follower;
-pub use replicate::{ReplicateOptions, ReplicationStatus, Replicator};
+pub use replicate::{
+    Destination, DestinationState, DestinationStatus, ReplicateOptions, ReplicationStatus,
+    Replicator,
+};
 pub use restore::{RestoreOutcome, RestorePoint, restore};

@@ -1,4 +1,4 @@
-//! The replicator: ships a live database's committed WAL frames to a repository.
+//! The replicator: ships a live database's committed WAL frames to one or more repositories.
 //!
 //! # Why frames cannot be lost
 //!
@@ -13,20 +13,35 @@
 //!   frame the log held when the transaction began, and at most once.
 //!
 //! Every read transaction is begun while the replicator holds the write lock (`BEGIN
-//! IMMEDIATE` on its `lock` connection, which writes nothing) and after it shipped every
-//! committed frame: so the frame where a restart may happen has always been shipped, and a
-//! new WAL cycle (new salts) seen later continues the journal exactly. That is the same
-//! protocol Litestream follows, without writing tables into the application's database.
+//! IMMEDIATE` on its `lock` connection, which writes nothing) and after every *live*
+//! destination stored every committed frame: so the frame where a restart may happen has
+//! always been stored, and a new WAL cycle (new salts) seen later continues the journal
+//! exactly. That is the protocol Litestream follows, without writing tables into the
+//! application's database.
 //!
-//! The write lock is held only for the moment of a checkpoint: ship the last frames, end the
-//! read transaction, run a PASSIVE checkpoint, begin a new read transaction, release.
-//! Applications should set a busy timeout (they need one for any second connection anyway).
+//! # Several destinations
+//!
+//! One reader per database captures the committed frames every round and notes, for each
+//! round, where it starts and ends in the WAL and when it was captured. Each destination (a
+//! repository) has its own *lane*: a queue of those rounds, a worker thread that stores them as
+//! segments of its own generation, its own cursor and lag. The queue holds no frame bytes: the
+//! worker reads the frames from the WAL itself, which the read transaction keeps in place, so
+//! memory stays small whatever the backlog. A checkpoint (which renews the read transaction)
+//! waits until every live lane has stored everything: the WAL is checkpointed as far as the
+//! slowest live destination allows. A destination that falls more than `max_lag_bytes` behind,
+//! or whose worker cannot go on, is *released*: its queue is dropped and it no longer holds the
+//! WAL back, so one destination that is down or slow never stops the others and never grows
+//! local disk without bound. When it answers again it either finds the WAL still continuing
+//! its journal (and catches up), or starts a new generation with a fresh snapshot.
 //!
 //! If the replicator loses track (it was stopped and the log was restarted meanwhile, say by
-//! someone's `wal_checkpoint(TRUNCATE)`), it starts a new *generation* with a fresh snapshot.
+//! someone's `wal_checkpoint(TRUNCATE)`), each destination starts a new *generation* with a
+//! fresh snapshot.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use lifeboat_files::{BackupOptions, BackupProgress};
@@ -50,10 +65,15 @@ pub struct ReplicateOptions {
     pub checkpoint_frames: u64,
     /// How long to wait for the write lock before a checkpoint (skipped if it is not free).
     pub lock_timeout: Duration,
+    /// How long a checkpoint may hold the write lock waiting for the destinations to store the
+    /// last frames; past it the checkpoint is postponed (the application's writers wait that
+    /// long at most).
+    pub max_lock_hold: Duration,
     /// Largest segment (a single bigger transaction still goes into one segment).
     pub max_segment_bytes: u64,
-    /// Unshipped WAL bytes after which an unreachable destination stops holding the WAL on
-    /// local disk (`None`: hold it without limit).
+    /// Unstored WAL bytes after which a destination that is unreachable or slow is released:
+    /// it stops holding the WAL on local disk, and resyncs when it answers (`None`: hold it
+    /// without limit).
     pub max_lag_bytes: Option<u64>,
     /// Directory for the temporary copy a snapshot is read from (default: the system's).
     pub spool_dir: Option<PathBuf>,
@@ -72,6 +92,7 @@ impl Default for ReplicateOptions {
             snapshot_interval: Duration::from_secs(3600),
             checkpoint_frames: 1000,
             lock_timeout: Duration::from_secs(2),
+            max_lock_hold: Duration::from_secs(5),
             max_segment_bytes: 16 << 20,
             max_lag_bytes: Some(1 << 30),
             spool_dir: None,
@@ -82,70 +103,213 @@ impl Default for ReplicateOptions {
     }
 }
 
-/// What a replicator has done, for status output and metrics.
+/// One repository to replicate into.
+pub struct Destination {
+    /// How status and logs name it (its location; never a secret).
+    pub name: String,
+    /// The repository, index loaded.
+    pub repo: IndexedRepository,
+}
+
+impl Destination {
+    /// A destination named by its storage location.
+    pub fn new(repo: IndexedRepository) -> Destination {
+        Destination {
+            name: repo.storage().location().to_string(),
+            repo,
+        }
+    }
+}
+
+/// Whether a destination holds the WAL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationState {
+    /// It holds the WAL: checkpoints wait until it has stored every committed frame.
+    #[default]
+    Live,
+    /// It fell past the lag limit or failed: it holds nothing, and resyncs when it answers.
+    Released,
+}
+
+/// What one destination has received, for status output and metrics.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplicationStatus {
-    /// The database.
-    pub database: String,
-    /// Its journal stream.
+pub struct DestinationStatus {
+    /// The repository (its location).
+    pub repository: String,
+    /// Live or released.
+    pub state: DestinationState,
+    /// The database's journal stream in this repository.
     pub stream: String,
-    /// Current generation.
+    /// Current generation in this repository.
     pub generation: String,
-    /// Position shipped within the generation (bytes of frames).
+    /// Position stored within the generation (bytes of frames).
     pub position: u64,
-    /// Committed WAL bytes not yet shipped, at the last look.
+    /// Committed WAL bytes captured but not stored here yet.
     pub lag_bytes: u64,
-    /// Seconds since the oldest unshipped commit was first seen (0 when nothing is waiting).
+    /// Seconds since the oldest commit not stored here was captured (0 when nothing waits).
     pub lag_seconds: f64,
-    /// Segments shipped by this process.
+    /// Segments stored by this process.
     pub segments_shipped: u64,
-    /// Frame bytes shipped by this process.
+    /// Frame bytes stored by this process.
     pub bytes_shipped: u64,
-    /// Snapshots taken by this process.
+    /// Snapshots stored by this process.
     pub snapshots_taken: u64,
-    /// Checkpoints run by this process.
-    pub checkpoints: u64,
     /// Generations started by this process (1 on a fresh start, 0 on a resume).
     pub generations_started: u64,
-    /// Capture time of the last segment shipped.
+    /// Times it was released (past the lag limit, or after a failure).
+    pub releases: u64,
+    /// Capture time of the last segment stored.
     pub last_segment_time: Option<jiff::Timestamp>,
-    /// Time of the last snapshot taken.
+    /// Capture time of the last snapshot stored.
     pub last_snapshot_time: Option<jiff::Timestamp>,
     /// The last error met (replication goes on after errors of the destination).
     pub last_error: Option<String>,
 }
 
-type BackgroundSnapshot = std::thread::JoinHandle<(IndexedRepository, SnapshotState, Result<Id>)>;
+/// What a replicator has done, for status output and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicationStatus {
+    /// The database.
+    pub database: String,
+    /// Checkpoints run by this process.
+    pub checkpoints: u64,
+    /// Committed WAL bytes captured by this process.
+    pub bytes_captured: u64,
+    /// The last error of the reader itself (SQLite, the WAL file).
+    pub last_error: Option<String>,
+    /// Each destination, in the order given.
+    pub destinations: Vec<DestinationStatus>,
+}
 
-/// Replicates one database into one repository.
+/// Committed frames captured in one round: where they are in the WAL and when they were read.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    start: WalCursor,
+    end: WalCursor,
+    new_cycle: bool,
+    captured: jiff::Timestamp,
+    seen: Instant,
+}
+
+impl Round {
+    fn bytes(&self) -> u64 {
+        self.end.offset.saturating_sub(self.start.offset)
+    }
+}
+
+/// A copy of the database as one read transaction sees it, made once (by the first lane that
+/// needs it) and shared by every lane that stores it as a snapshot.
+struct SharedCopy {
+    db_path: PathBuf,
+    spool_dir: PathBuf,
+    /// The connection whose read transaction (begun under the write lock) shows the state.
+    conn: Mutex<Option<Connection>>,
+    file: OnceLock<std::result::Result<tempfile::TempPath, String>>,
+    /// The WAL position the state is consistent with.
+    cursor: Option<WalCursor>,
+    /// When that state was current.
+    captured: jiff::Timestamp,
+    page_size: u32,
+}
+
+impl SharedCopy {
+    /// The copy's path, making it first if no lane has.
+    fn path(&self) -> Result<&Path> {
+        let made = self.file.get_or_init(|| {
+            let conn = self.conn.lock().expect("copy lock").take();
+            let Some(conn) = conn else {
+                return Err("the snapshot connection is gone".to_string());
+            };
+            copy_database(&conn, &self.db_path, &self.spool_dir).map_err(|e| e.to_string())
+        });
+        match made {
+            Ok(path) => Ok(path),
+            Err(reason) => Err(Error::SnapshotCopy {
+                path: self.db_path.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Job {
+    /// Start a new generation whose base is this copy.
+    Base(Arc<SharedCopy>),
+    /// A periodic snapshot at the current position.
+    Snapshot(Arc<SharedCopy>),
+    /// Store these frames (the front job is advanced as its pieces are stored).
+    Upload(Round),
+}
+
+/// One destination's queue and journal state, shared by the reader and the lane's worker.
+struct LaneState {
+    jobs: VecDeque<Job>,
+    /// Bumped whenever the reader drops the queue: a worker's result for an older epoch only
+    /// records what it stored, it no longer advances the queue.
+    epoch: u64,
+    busy: bool,
+    stop: bool,
+    /// The worker cannot go on in this epoch (a base snapshot failed, frames left the WAL).
+    failed: Option<String>,
+    /// The generation's base snapshot is stored, so segments may follow.
+    based: bool,
+    /// Where the stored journal ends in the WAL (true to the repository whatever the epoch).
+    uploaded: Option<WalCursor>,
+    /// Captured bytes not stored here.
+    backlog: u64,
+    /// When the oldest commit not stored here was captured, while released.
+    waiting_since: Option<Instant>,
+    status: DestinationStatus,
+}
+
+struct Lane {
+    state: Mutex<LaneState>,
+    wake: Condvar,
+}
+
+impl Lane {
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct LaneHandle {
+    lane: Arc<Lane>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// While released: when to try again, and the current wait.
+    retry: Option<(Instant, Duration)>,
+    /// Segments and snapshots it had stored when last released: a lane released again without
+    /// storing anything waits twice as long before the next try.
+    progress_at_release: u64,
+}
+
+/// Replicates one database into one or more repositories.
 pub struct Replicator {
     db_path: PathBuf,
     wal_path: PathBuf,
-    repo: IndexedRepository,
+    database: String,
     options: ReplicateOptions,
     read: Connection,
     lock: Connection,
-    /// The read transaction is open and was begun at a fully shipped position.
+    /// The read transaction is open and was begun at a position every live lane had stored.
     protected: bool,
-    /// A new generation was started and its snapshot is not stored yet: nothing may be
-    /// shipped, and the read transaction may not be renewed, until it is.
-    needs_snapshot: bool,
-    /// A periodic snapshot being copied and stored on its own connection and thread, so that
-    /// shipping goes on meanwhile. It returns its view of the index.
-    background: Option<BackgroundSnapshot>,
+    /// The end of the frames captured into the lanes.
+    captured: Option<WalCursor>,
     /// The cursor at the last checkpoint: until the WAL moves on, another one would do nothing
     /// but take the write lock again.
     checkpointed_at: Option<WalCursor>,
-    /// After a failed resync (destination unreachable), when to try again, and the wait.
-    resync_after: Option<(Instant, Duration)>,
-    cursor: Option<WalCursor>,
     /// When the read transaction began: the moment the state it sees was current.
     read_began: jiff::Timestamp,
     page_size: u32,
     last_snapshot: Instant,
-    /// When committed frames were first seen waiting (for lag in seconds).
-    waiting_since: Option<Instant>,
-    status: ReplicationStatus,
+    checkpoints: u64,
+    bytes_captured: u64,
+    last_error: Option<String>,
+    lanes: Vec<LaneHandle>,
 }
 
 fn open_connection(path: &Path, busy: Duration) -> Result<Connection> {
@@ -173,10 +337,71 @@ fn is_busy(error: &rusqlite::Error) -> bool {
     )
 }
 
+/// Now, in whole microseconds (as segment names record it).
+fn now_micros() -> jiff::Timestamp {
+    jiff::Timestamp::from_microsecond(jiff::Timestamp::now().as_microsecond())
+        .expect("now is in range")
+}
+
+/// Where a repository's journal of `database` stands.
+struct Resume {
+    stream: String,
+    generation: String,
+    position: u64,
+    cursor: Option<WalCursor>,
+}
+
+/// Looks up the newest generation of `database` in `repo` and where its journal ends.
+fn find_resume(repo: &IndexedRepository, database: &str) -> Result<Option<Resume>> {
+    let selector = Selector::Path(database.to_string());
+    let snapshots = catalog::database_snapshots(repo, Some(&selector))?;
+    let Some(latest) = snapshots.last() else {
+        return Ok(None);
+    };
+    let stream = latest.state.stream.clone();
+    let generation = latest.state.generation.clone();
+    let segments = catalog::generation_segments(repo, &stream, &generation)?;
+    let (cursor, position) = match segments.last() {
+        Some(last) => {
+            let bytes = repo.get_stream_object(&stream, &last.name)?;
+            let (header, _) = segment::decode(&bytes).map_err(|reason| Error::Segment {
+                stream: stream.clone(),
+                name: last.name.clone(),
+                reason,
+            })?;
+            (Some(header.end), header.end_position)
+        }
+        None => (latest.state.wal, latest.state.position),
+    };
+    Ok(Some(Resume {
+        stream,
+        generation,
+        position,
+        cursor,
+    }))
+}
+
 impl Replicator {
-    /// Opens `db` (which must exist and be in WAL mode) and either resumes the journal stored
-    /// in `repo` where it stopped, or starts a new generation with a snapshot.
+    /// Opens `db` (which must exist and be in WAL mode) and replicates it into `repo`: see
+    /// [`Replicator::open_with`].
     pub fn open(db: &Path, repo: IndexedRepository, options: ReplicateOptions) -> Result<Self> {
+        Self::open_with(db, vec![Destination::new(repo)], options)
+    }
+
+    /// Opens `db` (which must exist and be in WAL mode) and, for each destination, either
+    /// resumes the journal stored there where it stopped, or starts a new generation with a
+    /// snapshot (stored by the destination's own thread, like everything after it). Returns
+    /// once every destination has stored its start, failed, or taken two minutes.
+    pub fn open_with(
+        db: &Path,
+        destinations: Vec<Destination>,
+        options: ReplicateOptions,
+    ) -> Result<Self> {
+        if destinations.is_empty() {
+            return Err(Error::NotFound(
+                "no destination to replicate into: name at least one repository".into(),
+            ));
+        }
         let db_path = std::fs::canonicalize(db).map_err(|e| Error::io("open database", db, e))?;
         let mut wal_name = db_path.as_os_str().to_owned();
         wal_name.push("-wal");
@@ -196,116 +421,238 @@ impl Replicator {
             .map_err(|e| Error::sqlite("read page size of", &db_path, e))?;
         let lock = open_connection(&db_path, options.lock_timeout)?;
         let database = db_path.to_string_lossy().into_owned();
+        let mut lanes = Vec::new();
+        let mut unreachable = Vec::new();
+        for (i, destination) in destinations.into_iter().enumerate() {
+            let mut status = DestinationStatus {
+                repository: destination.name.clone(),
+                ..Default::default()
+            };
+            let mut based = false;
+            let mut uploaded = None;
+            match find_resume(&destination.repo, &database) {
+                Ok(Some(resume)) => {
+                    status.stream = resume.stream;
+                    status.generation = resume.generation;
+                    status.position = resume.position;
+                    uploaded = resume.cursor;
+                    based = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(database, destination = destination.name, "{e}");
+                    status.last_error = Some(e.to_string());
+                    unreachable.push(i);
+                }
+            }
+            let lane = Arc::new(Lane {
+                state: Mutex::new(LaneState {
+                    jobs: VecDeque::new(),
+                    epoch: 0,
+                    busy: false,
+                    stop: false,
+                    failed: None,
+                    based,
+                    uploaded,
+                    backlog: 0,
+                    waiting_since: None,
+                    status,
+                }),
+                wake: Condvar::new(),
+            });
+            let worker = Worker {
+                lane: lane.clone(),
+                repo: destination.repo,
+                wal_path: wal_path.clone(),
+                db_path: db_path.clone(),
+                database: database.clone(),
+                options: options.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("lifeboat-sqlite-lane-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| Error::io("start a replication thread for", &db_path, e))?;
+            lanes.push(LaneHandle {
+                lane,
+                thread: Some(thread),
+                retry: None,
+                progress_at_release: 0,
+            });
+        }
         let mut replicator = Replicator {
             wal_path,
-            repo,
+            database,
             read,
             lock,
             protected: false,
-            needs_snapshot: false,
-            resync_after: None,
+            captured: None,
             checkpointed_at: None,
-            background: None,
-            cursor: None,
             read_began: jiff::Timestamp::now(),
             page_size,
             last_snapshot: Instant::now(),
-            waiting_since: None,
-            status: ReplicationStatus {
-                database,
-                ..Default::default()
-            },
+            checkpoints: 0,
+            bytes_captured: 0,
+            last_error: None,
+            lanes,
             db_path,
             options,
         };
+        for i in unreachable {
+            replicator.release(i, None);
+        }
         replicator.start()?;
+        // Callers expect the base snapshots stored when this returns; a destination that
+        // takes longer (or fails) goes on in the background.
+        replicator.wait_for_live_lanes(Duration::from_secs(120), false);
         Ok(replicator)
     }
 
-    /// What the replicator has done so far.
-    pub fn status(&self) -> &ReplicationStatus {
-        &self.status
+    /// What the replicator and each destination have done so far.
+    pub fn status(&self) -> ReplicationStatus {
+        ReplicationStatus {
+            database: self.database.clone(),
+            checkpoints: self.checkpoints,
+            bytes_captured: self.bytes_captured,
+            last_error: self.last_error.clone(),
+            destinations: self
+                .lanes
+                .iter()
+                .map(|handle| {
+                    let state = handle.lane.lock();
+                    let mut status = state.status.clone();
+                    status.lag_bytes = state.backlog;
+                    let oldest = match status.state {
+                        DestinationState::Released => state.waiting_since,
+                        DestinationState::Live => state.jobs.iter().find_map(|job| match job {
+                            Job::Upload(round) => Some(round.seen),
+                            _ => None,
+                        }),
+                    };
+                    status.lag_seconds = oldest.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                    status
+                })
+                .collect(),
+        }
     }
 
-    /// The repository (with the blobs this replicator added).
-    pub fn repository(&self) -> &IndexedRepository {
-        &self.repo
-    }
-
-    /// Resumes the stored journal if the WAL still continues it, else starts a generation.
+    /// Takes the read transaction under the write lock and sets every destination going.
     fn start(&mut self) -> Result<()> {
-        let selector = Selector::Path(self.status.database.clone());
-        let snapshots = catalog::database_snapshots(&self.repo, Some(&selector))?;
-        let latest = snapshots.last().cloned();
-        self.status.stream = latest
-            .as_ref()
-            .map_or_else(catalog::new_stream_id, |s| s.state.stream.clone());
         self.acquire_write_lock_patiently()?;
-        let outcome = self.start_locked(latest.as_ref());
+        let outcome = (|| {
+            self.begin_read()?;
+            self.captured = self.committed_end()?;
+            let live = self.live_lanes();
+            self.rejoin_locked(&live)?;
+            // Our read mark may be 0 (the log was checkpointed completely while nobody held
+            // it), and SQLite may then restart the log as soon as we release the lock: let the
+            // destinations that resume store their catch-up first. One that takes too long
+            // finds its frames gone if a restart happens, and starts a new generation.
+            self.wait_for_lanes(self.options.max_lock_hold, false, true);
+            Ok(())
+        })();
         self.release_write_lock();
-        if outcome? {
-            self.needs_snapshot = true;
-            self.take_snapshot()?;
-            self.needs_snapshot = false;
-            self.status.generations_started += 1;
+        if outcome.is_err() {
+            self.end_read();
+        }
+        outcome
+    }
+
+    fn live_lanes(&self) -> Vec<usize> {
+        (0..self.lanes.len())
+            .filter(|&i| self.lanes[i].lane.lock().status.state == DestinationState::Live)
+            .collect()
+    }
+
+    /// With the write lock held and everything committed captured: sets each lane in `which`
+    /// going again, from where its repository's journal ends if the WAL still continues it,
+    /// else from a new generation whose base is a copy taken now.
+    fn rejoin_locked(&mut self, which: &[usize]) -> Result<()> {
+        let mut need_base = Vec::new();
+        for &i in which {
+            let handle = &mut self.lanes[i];
+            let mut state = handle.lane.lock();
+            state.jobs.clear();
+            state.epoch += 1;
+            state.failed = None;
+            let continues = state.based
+                && state.uploaded.is_some_and(|cursor| {
+                    wal::cursor_still_valid(&self.wal_path, &cursor).unwrap_or(false)
+                });
+            if continues {
+                let start = state.uploaded.expect("checked");
+                if let Some(end) = self.captured
+                    && end != start
+                {
+                    let round = Round {
+                        start,
+                        end,
+                        new_cycle: false,
+                        captured: now_micros(),
+                        seen: state.waiting_since.unwrap_or_else(Instant::now),
+                    };
+                    state.backlog = round.bytes();
+                    state.jobs.push_back(Job::Upload(round));
+                } else {
+                    state.backlog = 0;
+                }
+                tracing::info!(
+                    database = %self.database,
+                    destination = state.status.repository,
+                    generation = state.status.generation,
+                    position = state.status.position,
+                    "continuing the stored journal"
+                );
+            } else {
+                if state.based {
+                    tracing::info!(
+                        database = %self.database,
+                        destination = state.status.repository,
+                        "the WAL no longer continues the stored journal; starting a new generation"
+                    );
+                }
+                state.based = false;
+                state.backlog = 0;
+                need_base.push(i);
+            }
+            state.status.state = DestinationState::Live;
+            state.waiting_since = None;
+            handle.lane.wake.notify_all();
+        }
+        if !need_base.is_empty() {
+            let copy = Arc::new(self.shared_copy(now_micros())?);
+            for i in need_base {
+                let lane = &self.lanes[i].lane;
+                lane.lock().jobs.push_back(Job::Base(copy.clone()));
+                lane.wake.notify_all();
+            }
         }
         Ok(())
     }
 
-    /// With the write lock held: opens the read transaction and decides where to continue.
-    /// Returns whether a new generation (and so a snapshot) is needed.
-    fn start_locked(&mut self, latest: Option<&catalog::DatabaseSnapshot>) -> Result<bool> {
-        self.end_read();
-        self.begin_read()?;
-        if let Some(latest) = latest {
-            let generation = latest.state.generation.clone();
-            let segments =
-                catalog::generation_segments(&self.repo, &self.status.stream, &generation)?;
-            let (cursor, position) = match segments.last() {
-                Some(last) => {
-                    let name = &last.name;
-                    let bytes = self.repo.get_stream_object(&self.status.stream, name)?;
-                    let (header, _) = segment::decode(&bytes).map_err(|reason| Error::Segment {
-                        stream: self.status.stream.clone(),
-                        name: name.clone(),
-                        reason,
-                    })?;
-                    (Some(header.end), header.end_position)
-                }
-                None => (latest.state.wal, latest.state.position),
-            };
-            if let Some(cursor) = cursor
-                && wal::cursor_still_valid(&self.wal_path, &cursor)?
-            {
-                tracing::info!(
-                    database = %self.status.database,
-                    generation, position, "resuming the stored journal"
-                );
-                self.cursor = Some(cursor);
-                self.status.generation = generation;
-                self.status.position = position;
-                self.last_snapshot = Instant::now();
-                // The log may have been checkpointed completely while nobody held it, in which
-                // case our read mark is 0 and SQLite may restart the log as soon as we release
-                // the write lock: ship everything first, so that restart happens at a shipped
-                // position.
-                if let Err(e) = self.ship() {
-                    self.end_read();
-                    return Err(e);
-                }
-                return Ok(false);
-            }
-            tracing::info!(
-                database = %self.status.database,
-                "the WAL no longer continues the stored journal; starting a new generation"
-            );
-        }
-        // New generation: it starts where the WAL ends now (no writer can add to it while we
-        // hold the write lock), which is exactly what our read transaction sees.
-        self.cursor = self.committed_end()?;
-        self.status.generation = catalog::new_generation();
-        self.status.position = 0;
-        Ok(true)
+    /// A connection whose read transaction, begun now (under the write lock, with everything
+    /// committed captured), shows exactly the captured position.
+    fn shared_copy(&self, captured: jiff::Timestamp) -> Result<SharedCopy> {
+        let conn = open_connection(&self.db_path, Duration::from_secs(10))?;
+        conn.execute_batch("BEGIN")
+            .and_then(|()| {
+                conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map_err(|e| Error::sqlite("begin a snapshot read on", &self.db_path, e))?;
+        Ok(SharedCopy {
+            db_path: self.db_path.clone(),
+            spool_dir: self
+                .options
+                .spool_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+            conn: Mutex::new(Some(conn)),
+            file: OnceLock::new(),
+            cursor: self.captured,
+            captured,
+            page_size: self.page_size,
+        })
     }
 
     /// The end of the committed frames in the WAL, read without keeping them.
@@ -336,9 +683,21 @@ impl Replicator {
         }
     }
 
+    /// Takes the write lock if it is free within the lock timeout.
+    fn try_write_lock(&self) -> Result<bool> {
+        match self.lock.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => Ok(true),
+            Err(e) if is_busy(&e) => {
+                tracing::debug!(database = %self.database, "write lock busy; postponed");
+                Ok(false)
+            }
+            Err(e) => Err(Error::sqlite("take the write lock of", &self.db_path, e)),
+        }
+    }
+
     fn release_write_lock(&self) {
         if let Err(e) = self.lock.execute_batch("ROLLBACK") {
-            tracing::warn!(database = %self.status.database, "releasing the write lock: {e}");
+            tracing::warn!(database = %self.database, "releasing the write lock: {e}");
         }
     }
 
@@ -364,13 +723,13 @@ impl Replicator {
         }
     }
 
-    /// Ships every committed frame not yet shipped. Returns the number of segments written.
-    pub fn ship(&mut self) -> Result<u64> {
-        let mut segments = 0;
+    /// Captures every committed frame not captured yet into the live lanes' queues (released
+    /// lanes only count it as lag).
+    fn capture(&mut self) -> Result<()> {
         loop {
             let Some(read) = wal::read_committed(
                 &self.wal_path,
-                self.cursor.as_ref(),
+                self.captured.as_ref(),
                 self.options.max_segment_bytes,
             )?
             else {
@@ -379,360 +738,775 @@ impl Replicator {
             if read.commits == 0 {
                 break;
             }
-            if read.header.page_size != self.page_size {
-                self.page_size = read.header.page_size;
-            }
+            self.page_size = read.header.page_size;
             let full = read.frames.len() as u64 >= self.options.max_segment_bytes;
-            self.waiting_since.get_or_insert_with(Instant::now);
-            let header = SegmentHeader {
-                generation: self.status.generation.clone(),
-                position: self.status.position,
-                end_position: self.status.position + read.frames.len() as u64,
-                // Whole microseconds, as in the segment's name.
-                captured: jiff::Timestamp::from_microsecond(
-                    jiff::Timestamp::now().as_microsecond(),
-                )
-                .expect("now is in range"),
-                page_size: read.header.page_size,
-                big_endian: read.header.big_endian,
-                new_cycle: read.new_cycle,
+            let round = Round {
                 start: read.start,
                 end: read.end,
-                commits: read.commits,
+                new_cycle: read.new_cycle,
+                captured: now_micros(),
+                seen: Instant::now(),
             };
-            let name = segment::name(&header.generation, header.position, header.captured);
-            self.status.lag_bytes = self.unshipped_bytes(&read);
-            self.repo.put_stream_object(
-                &self.status.stream,
-                &name,
-                &segment::encode(&header, &read.frames),
-            )?;
-            tracing::debug!(database = %self.status.database, segment = name, bytes = read.frames.len(), "shipped");
-            self.cursor = Some(read.end);
-            self.status.position = header.end_position;
-            self.status.segments_shipped += 1;
-            self.status.bytes_shipped += read.frames.len() as u64;
-            self.status.last_segment_time = Some(header.captured);
-            segments += 1;
+            for handle in &self.lanes {
+                let mut state = handle.lane.lock();
+                state.backlog += round.bytes();
+                if state.status.state == DestinationState::Live {
+                    state.jobs.push_back(Job::Upload(round));
+                    handle.lane.wake.notify_all();
+                }
+            }
+            self.captured = Some(read.end);
+            self.bytes_captured += read.frames.len() as u64;
             if !full {
                 break;
             }
         }
-        self.status.lag_bytes = 0;
-        self.status.lag_seconds = 0.0;
-        self.waiting_since = None;
-        Ok(segments)
+        Ok(())
     }
 
-    fn unshipped_bytes(&self, read: &wal::WalRead) -> u64 {
-        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        size.saturating_sub(read.start.offset)
+    /// Releases lane `i`: drops its queue so it no longer holds the WAL; it is tried again
+    /// after a wait (1 s, doubling to 60 s while it keeps failing).
+    fn release(&mut self, i: usize, reason: Option<String>) {
+        let handle = &mut self.lanes[i];
+        let mut state = handle.lane.lock();
+        let progress = state.status.segments_shipped + state.status.snapshots_taken;
+        let wait = match handle.retry {
+            Some((_, wait)) if progress == handle.progress_at_release => {
+                (wait * 2).min(Duration::from_secs(60))
+            }
+            _ => Duration::from_secs(1),
+        };
+        handle.retry = Some((Instant::now() + wait, wait));
+        handle.progress_at_release = progress;
+        let oldest = state.jobs.iter().find_map(|job| match job {
+            Job::Upload(round) => Some(round.seen),
+            _ => None,
+        });
+        if state.status.state == DestinationState::Live {
+            state.status.releases += 1;
+            state.waiting_since = oldest.or(state.waiting_since);
+        }
+        state.jobs.clear();
+        state.epoch += 1;
+        state.failed = None;
+        state.status.state = DestinationState::Released;
+        if let Some(reason) = reason {
+            tracing::warn!(
+                database = %self.database,
+                destination = state.status.repository,
+                "{reason}; released (it resyncs when it answers)"
+            );
+            state.status.last_error = Some(reason);
+        }
     }
 
-    /// One round: ship, then checkpoint and snapshot when due. Errors leave everything
-    /// unshipped protected, so the next round retries.
+    /// Releases live lanes that failed or fell past the lag limit.
+    fn release_failed_and_lagging(&mut self) {
+        for i in 0..self.lanes.len() {
+            let reason = {
+                let state = self.lanes[i].lane.lock();
+                if state.status.state != DestinationState::Live {
+                    continue;
+                }
+                if let Some(failure) = &state.failed {
+                    Some(failure.clone())
+                } else {
+                    self.options
+                        .max_lag_bytes
+                        .filter(|&limit| state.backlog > limit)
+                        .map(|limit| {
+                            format!(
+                                "{} bytes of WAL are not stored there (more than the lag limit of {limit})",
+                                state.backlog
+                            )
+                        })
+                }
+            };
+            if let Some(reason) = reason {
+                self.release(i, Some(reason));
+            }
+        }
+    }
+
+    fn frames_in_cycle(&self) -> u64 {
+        self.captured.map_or(0, |c| {
+            (c.offset.saturating_sub(wal::HEADER_SIZE)) / (24 + u64::from(self.page_size))
+        })
+    }
+
+    /// Waits until every live lane has stored everything queued (false: one failed, or the
+    /// time ran out). With `stop_on_failure`, a failed lane ends the wait at once.
+    fn wait_for_live_lanes(&self, timeout: Duration, stop_on_failure: bool) -> bool {
+        self.wait_for_lanes(timeout, stop_on_failure, false)
+    }
+
+    /// As [`Self::wait_for_live_lanes`]; with `uploads_only`, a lane busy with a new
+    /// generation's base snapshot counts as done.
+    fn wait_for_lanes(&self, timeout: Duration, stop_on_failure: bool, uploads_only: bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut done = true;
+            for handle in &self.lanes {
+                let state = handle.lane.lock();
+                if state.status.state != DestinationState::Live {
+                    continue;
+                }
+                if state.failed.is_some() {
+                    if stop_on_failure {
+                        return false;
+                    }
+                    continue;
+                }
+                let base_first = matches!(state.jobs.front(), Some(Job::Base(_)));
+                if (!state.jobs.is_empty() || state.busy) && !(uploads_only && base_first) {
+                    done = false;
+                }
+            }
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// One round: release destinations that failed or lag too far, resync those that are
+    /// due, capture, then checkpoint and snapshot when due. Waits for destinations only as
+    /// long as a checkpoint allows.
     pub fn tick(&mut self) -> Result<()> {
-        if !self.protected
-            && let Some((at, _)) = self.resync_after
-            && Instant::now() < at
-        {
-            return Ok(());
+        self.release_failed_and_lagging();
+        if self.protected && self.live_lanes().is_empty() {
+            // Nobody to hold the WAL for: let the application's checkpoints restart it.
+            tracing::debug!(database = %self.database, "no live destination; letting go of the WAL");
+            self.end_read();
         }
-        if let Err(e) = self.resync_and_snapshot() {
-            // Back off (1 s, doubling to 60 s): a resync may copy the whole database.
-            let wait = self.resync_after.map_or(Duration::from_secs(1), |(_, w)| {
-                (w * 2).min(Duration::from_secs(60))
-            });
-            self.resync_after = Some((Instant::now() + wait, wait));
-            return Err(e);
+        self.resync()?;
+        if self.protected {
+            // The lag limit was judged above, on what a lane left unstored since the last
+            // round: a round just captured is not yet a sign of trouble.
+            self.capture()?;
         }
-        self.resync_after = None;
-        self.collect_background_snapshot(false);
-        if let Some(since) = self.waiting_since {
-            self.status.lag_seconds = since.elapsed().as_secs_f64();
-        }
-        if let Err(e) = self.ship() {
-            self.bound_the_wal();
-            return Err(e);
-        }
-        let snapshot_due = self.background.is_none()
-            && self.last_snapshot.elapsed() >= self.options.snapshot_interval;
+        let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
         let wal_is_long = self.frames_in_cycle() >= self.options.checkpoint_frames
-            && self.checkpointed_at != self.cursor;
-        if snapshot_due || wal_is_long {
+            && self.checkpointed_at != self.captured;
+        if self.protected && (snapshot_due || wal_is_long) {
             self.checkpoint(snapshot_due)?;
         }
         Ok(())
     }
 
-    /// If the read transaction was lost, takes it again (resuming, or starting a new
-    /// generation); stores a new generation's snapshot if it is still missing.
-    fn resync_and_snapshot(&mut self) -> Result<()> {
-        if !self.protected {
-            // We lost our read transaction (an error in the middle of a checkpoint): what
-            // happened to the WAL meanwhile is unknown, so continue only if it provably still
-            // continues the journal, else start a new generation.
-            self.acquire_write_lock_patiently()?;
-            let continues = match &self.cursor {
-                // A generation without its snapshot cannot be continued: start it again.
-                _ if self.needs_snapshot => Ok(false),
-                Some(cursor) => wal::cursor_still_valid(&self.wal_path, cursor),
-                None => Ok(false),
-            };
-            let outcome = match continues {
-                // As on start: ship everything under the lock before claiming protection.
-                Ok(true) => self.begin_read().and_then(|()| match self.ship() {
-                    Ok(_) => Ok(false),
-                    Err(e) => {
-                        self.end_read();
-                        Err(e)
-                    }
-                }),
-                Ok(false) => self.end_read_and_restart(),
-                Err(e) => Err(e),
-            };
-            self.release_write_lock();
-            if outcome? {
-                self.needs_snapshot = true;
-            }
+    /// Takes the read transaction again if it was lost, and lets released lanes whose wait is
+    /// over rejoin (resuming, or with a new generation).
+    fn resync(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<usize> = (0..self.lanes.len())
+            .filter(|&i| {
+                let handle = &self.lanes[i];
+                let state = handle.lane.lock();
+                state.status.state == DestinationState::Released
+                    && !state.busy
+                    && handle.retry.is_none_or(|(at, _)| now >= at)
+            })
+            .collect();
+        let lost = !self.protected && !self.live_lanes().is_empty();
+        if due.is_empty() && !lost {
+            return Ok(());
         }
-        if self.needs_snapshot {
-            if let Err(e) = self.take_snapshot() {
-                // Nothing of this generation is shipped, so holding the WAL protects nothing:
-                // let go of it (local disk stays bounded); the next attempt starts afresh.
-                self.end_read();
-                return Err(e);
+        if lost {
+            self.acquire_write_lock_patiently()?;
+        } else if !self.try_write_lock()? {
+            return Ok(());
+        }
+        let outcome = (|| {
+            if self.protected {
+                self.capture()?;
+            } else {
+                self.begin_read()?;
+                let continues = self.captured.is_some_and(|cursor| {
+                    wal::cursor_still_valid(&self.wal_path, &cursor).unwrap_or(false)
+                });
+                if continues {
+                    self.capture()?;
+                } else {
+                    // What happened to the WAL while nobody held it is unknown: every live lane
+                    // continues only if the WAL provably continues its own journal.
+                    self.captured = self.committed_end()?;
+                    let live = self.live_lanes();
+                    self.rejoin_locked(&live)?;
+                }
             }
-            self.needs_snapshot = false;
-            self.status.generations_started += 1;
+            self.rejoin_locked(&due)
+        })();
+        self.release_write_lock();
+        if let Err(e) = outcome {
+            self.end_read();
+            for i in due {
+                self.release(i, Some(format!("resync: {e}")));
+            }
+            return Err(e);
         }
         Ok(())
     }
 
-    /// While the destination is unreachable our read transaction keeps the whole WAL on local
-    /// disk. Past `max_lag_bytes` we let go of it: the application's checkpoints may then
-    /// restart the log, and when the destination answers again we either find the log still
-    /// continuing the journal or start a new generation with a snapshot.
-    fn bound_the_wal(&mut self) {
-        let Some(limit) = self.options.max_lag_bytes else {
-            return;
-        };
-        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        let shipped = self.cursor.map_or(0, |c| c.offset);
-        if self.protected && size.saturating_sub(shipped) > limit {
-            tracing::warn!(
-                database = %self.status.database,
-                unshipped = size - shipped,
-                "the destination is unreachable and the WAL passed --max-lag; releasing it (a new generation may follow)"
-            );
-            self.end_read();
-        }
-    }
-
-    fn end_read_and_restart(&mut self) -> Result<bool> {
-        self.end_read();
-        self.begin_read()?;
-        self.cursor = self.committed_end()?;
-        self.status.generation = catalog::new_generation();
-        self.status.position = 0;
-        Ok(true)
-    }
-
-    fn frames_in_cycle(&self) -> u64 {
-        self.cursor.map_or(0, |c| {
-            (c.offset.saturating_sub(wal::HEADER_SIZE)) / (24 + u64::from(self.page_size))
-        })
-    }
-
-    /// Takes the write lock (if it is free within the lock timeout), ships the last frames,
-    /// runs a PASSIVE checkpoint and renews the read transaction; then takes a snapshot if
-    /// asked. Returns whether the checkpoint ran.
+    /// Takes the write lock (if it is free within the lock timeout and every live destination
+    /// has stored what it was given), captures the last frames, waits for the live
+    /// destinations to store them, runs a PASSIVE checkpoint and renews the read transaction;
+    /// then queues a snapshot for every live destination if asked. Returns whether the
+    /// checkpoint ran.
     pub fn checkpoint(&mut self, then_snapshot: bool) -> Result<bool> {
-        match self.lock.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {}
-            Err(e) if is_busy(&e) => {
-                tracing::debug!(database = %self.status.database, "write lock busy; checkpoint postponed");
-                return Ok(false);
-            }
-            Err(e) => return Err(Error::sqlite("take the write lock of", &self.db_path, e)),
+        // The round just captured is usually stored within moments; wait at most one interval
+        // for it, so the write lock is taken only to store the last few frames.
+        if !self.wait_for_live_lanes(self.options.interval, true) {
+            return Ok(false);
         }
-        let outcome = self.checkpoint_locked().and_then(|()| {
-            if then_snapshot && self.background.is_none() {
-                // Its own read transaction, begun under the write lock with everything
-                // shipped: it shows exactly the current position.
-                let conn = open_connection(&self.db_path, Duration::from_secs(10))?;
-                conn.execute_batch("BEGIN")
-                    .and_then(|()| {
-                        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                    })
-                    .map_err(|e| Error::sqlite("begin a snapshot read on", &self.db_path, e))?;
-                Ok(Some((conn, self.snapshot_state(jiff::Timestamp::now()))))
-            } else {
-                Ok(None)
-            }
-        });
+        if !self.try_write_lock()? {
+            return Ok(false);
+        }
+        let outcome = self.checkpoint_locked(then_snapshot, self.options.max_lock_hold);
         self.release_write_lock();
-        let snapshot = outcome?;
-        self.checkpointed_at = self.cursor;
-        self.status.checkpoints += 1;
-        if let Some((conn, state)) = snapshot {
-            let mut repo = self.repo.clone();
-            let db_path = self.db_path.clone();
-            let options = self.options.clone();
-            self.background = Some(std::thread::spawn(move || {
-                let result = store_snapshot(&conn, &state, &mut repo, &db_path, &options);
-                (repo, state, result)
-            }));
-            // Not due again until this one is collected.
-            self.last_snapshot = Instant::now();
+        let ran = outcome?;
+        if ran {
+            self.checkpointed_at = self.captured;
+            self.checkpoints += 1;
         }
-        Ok(true)
+        Ok(ran)
     }
 
-    fn checkpoint_locked(&mut self) -> Result<()> {
-        // Nothing can commit now: after this, every committed frame is shipped.
-        self.ship()?;
+    fn checkpoint_locked(&mut self, then_snapshot: bool, wait: Duration) -> Result<bool> {
+        // Nothing can commit now: once the live lanes stored this, they have everything.
+        self.capture()?;
+        if !self.wait_for_live_lanes(wait, true) {
+            tracing::debug!(database = %self.database, "a destination is behind; checkpoint postponed");
+            return Ok(false);
+        }
         self.end_read();
         let checkpoint = self
             .read
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .map_err(|e| Error::sqlite("checkpoint", &self.db_path, e));
         self.begin_read()?;
-        checkpoint
-    }
-
-    /// Copies the database as our read transaction sees it (exactly the shipped position) and
-    /// stores it as a snapshot.
-    fn take_snapshot(&mut self) -> Result<Id> {
-        // The copy shows the database as of the start of our read transaction (begun under the
-        // write lock, with everything shipped): that is the moment it restores.
-        let state = self.snapshot_state(self.read_began);
-        let id = store_snapshot(
-            &self.read,
-            &state,
-            &mut self.repo,
-            &self.db_path,
-            &self.options,
-        )?;
-        self.snapshot_stored(&state);
-        Ok(id)
-    }
-
-    fn snapshot_state(&self, captured: jiff::Timestamp) -> SnapshotState {
-        SnapshotState {
-            format: catalog::STATE_FORMAT,
-            database: self.status.database.clone(),
-            stream: self.status.stream.clone(),
-            generation: self.status.generation.clone(),
-            position: self.status.position,
-            captured,
-            wal: self.cursor,
-            page_size: self.page_size,
-        }
-    }
-
-    fn snapshot_stored(&mut self, state: &SnapshotState) {
-        self.last_snapshot = Instant::now();
-        self.status.snapshots_taken += 1;
-        self.status.last_snapshot_time = Some(state.captured);
-    }
-
-    /// Collects a finished background snapshot (waiting for it if `wait`).
-    fn collect_background_snapshot(&mut self, wait: bool) {
-        let finished = self.background.as_ref().is_some_and(|h| h.is_finished());
-        if !(finished || wait) {
-            return;
-        }
-        let Some(handle) = self.background.take() else {
-            return;
-        };
-        match handle.join() {
-            Ok((repo, state, Ok(_))) => {
-                // Its view of the index knows the blobs it stored: keep it, so the next
-                // snapshot deduplicates against this one.
-                self.repo = repo;
-                self.snapshot_stored(&state);
+        checkpoint?;
+        if then_snapshot {
+            let live = self.live_lanes();
+            if !live.is_empty() {
+                let copy = Arc::new(self.shared_copy(jiff::Timestamp::now())?);
+                for i in live {
+                    let lane = &self.lanes[i].lane;
+                    let mut state = lane.lock();
+                    if !state.jobs.iter().any(|j| matches!(j, Job::Snapshot(_))) {
+                        state.jobs.push_back(Job::Snapshot(copy.clone()));
+                        lane.wake.notify_all();
+                    }
+                }
             }
-            Ok((_, _, Err(e))) => {
-                tracing::warn!(database = %self.status.database, "snapshot: {e}");
-                self.status.last_error = Some(format!("snapshot: {e}"));
-                // Try again at the next interval rather than at every round.
-                self.last_snapshot = Instant::now();
-            }
-            Err(_) => {
-                self.status.last_error = Some("the snapshot thread panicked".to_string());
-                self.last_snapshot = Instant::now();
-            }
+            self.last_snapshot = Instant::now();
         }
+        Ok(true)
     }
 
-    /// Takes a snapshot now (after a checkpoint, so it starts a short WAL).
+    /// Captures what is committed and waits until every live destination has stored it.
+    /// Fails if one of them cannot within `timeout`.
+    pub fn sync(&mut self, timeout: Duration) -> Result<()> {
+        if self.protected {
+            self.capture()?;
+        }
+        if self.wait_for_live_lanes(timeout, true) {
+            return Ok(());
+        }
+        let behind: Vec<String> = self
+            .status()
+            .destinations
+            .into_iter()
+            .filter(|d| d.state == DestinationState::Live)
+            .map(|d| {
+                format!(
+                    "{} ({} bytes behind{})",
+                    d.repository,
+                    d.lag_bytes,
+                    d.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        Err(Error::Behind {
+            database: self.database.clone(),
+            destinations: behind.join(", "),
+        })
+    }
+
+    /// Checkpoints and stores a snapshot in every live destination now, waiting for all of it.
     pub fn snapshot_now(&mut self) -> Result<()> {
-        self.collect_background_snapshot(true);
+        let timeout = Duration::from_secs(600);
+        self.sync(timeout)?;
+        let before: Vec<u64> = self
+            .status()
+            .destinations
+            .iter()
+            .map(|d| d.snapshots_taken)
+            .collect();
         self.acquire_write_lock_patiently()?;
-        let outcome = self.checkpoint_locked();
+        let outcome = self.checkpoint_locked(true, timeout);
         self.release_write_lock();
-        outcome?;
-        self.checkpointed_at = self.cursor;
-        self.status.checkpoints += 1;
-        self.take_snapshot()?;
+        if !outcome? {
+            return self.sync(Duration::ZERO);
+        }
+        self.checkpointed_at = self.captured;
+        self.checkpoints += 1;
+        self.sync(timeout)?;
+        for (status, before) in self.status().destinations.iter().zip(before) {
+            if status.state == DestinationState::Live && status.snapshots_taken == before {
+                return Err(Error::Behind {
+                    database: self.database.clone(),
+                    destinations: format!(
+                        "{}: the snapshot was not stored ({})",
+                        status.repository,
+                        status.last_error.as_deref().unwrap_or("unknown error")
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// Replicates until `stop` is set, then ships what is committed and returns. Errors of
-    /// the destination are logged and retried; unshipped frames stay protected meanwhile.
+    /// Replicates until `stop` is set, then captures what is committed, lets every
+    /// destination store what it can, and returns. Errors are logged and retried; unstored
+    /// frames stay protected meanwhile.
     pub fn run(&mut self, stop: &AtomicBool, mut on_tick: impl FnMut(&ReplicationStatus)) {
         while !stop.load(Ordering::Relaxed) {
             if let Err(e) = self.tick() {
-                tracing::warn!(database = %self.status.database, "replication: {e}");
-                self.status.last_error = Some(e.to_string());
+                tracing::warn!(database = %self.database, "replication: {e}");
+                self.last_error = Some(e.to_string());
             }
-            on_tick(&self.status);
+            on_tick(&self.status());
             let until = Instant::now() + self.options.interval;
             while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20).min(self.options.interval));
             }
         }
-        if let Err(e) = self.ship() {
-            tracing::warn!(database = %self.status.database, "final shipping: {e}");
-            self.status.last_error = Some(e.to_string());
+        if self.protected
+            && let Err(e) = self.capture()
+        {
+            tracing::warn!(database = %self.database, "final capture: {e}");
+            self.last_error = Some(e.to_string());
         }
-        // A snapshot in progress is finished, not abandoned.
-        self.collect_background_snapshot(true);
-        on_tick(&self.status);
+        self.stop_lanes();
+        on_tick(&self.status());
+    }
+
+    /// Lets every worker store what is queued (one attempt each) and waits for them.
+    fn stop_lanes(&mut self) {
+        for handle in &self.lanes {
+            handle.lane.lock().stop = true;
+            handle.lane.wake.notify_all();
+        }
+        for handle in &mut self.lanes {
+            if let Some(thread) = handle.thread.take()
+                && thread.join().is_err()
+            {
+                handle.lane.lock().status.last_error =
+                    Some("the destination's thread panicked".into());
+            }
+        }
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.stop_lanes();
+    }
+}
+
+/// A lane's worker: stores its queue into its repository, in order.
+struct Worker {
+    lane: Arc<Lane>,
+    repo: IndexedRepository,
+    wal_path: PathBuf,
+    db_path: PathBuf,
+    database: String,
+    options: ReplicateOptions,
+}
+
+/// What a job changed in the repository.
+enum Done {
+    Segment {
+        end: WalCursor,
+        end_position: u64,
+        bytes: u64,
+        captured: jiff::Timestamp,
+    },
+    Base {
+        stream: String,
+        generation: String,
+        cursor: Option<WalCursor>,
+        captured: jiff::Timestamp,
+    },
+    Snapshot {
+        captured: jiff::Timestamp,
+    },
+    /// The round was already stored (by an upload in flight when the queue was rebuilt).
+    Nothing,
+}
+
+/// Why a job did not complete.
+enum Failure {
+    /// Try again (the repository did not answer).
+    Retry(String),
+    /// The lane cannot go on in this epoch.
+    Fatal(String),
+    /// Skip the job (a periodic snapshot that failed; the next interval tries again).
+    Skip(String),
+}
+
+/// What the worker knows of its journal when it picks a job.
+struct Journal {
+    stream: String,
+    generation: String,
+    position: u64,
+    based: bool,
+    uploaded: Option<WalCursor>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut backoff = Duration::ZERO;
+        loop {
+            let (job, epoch, journal, stopping) = {
+                let mut state = self.lane.lock();
+                loop {
+                    if !state.jobs.is_empty() {
+                        break;
+                    }
+                    if state.stop {
+                        return;
+                    }
+                    state = self
+                        .lane
+                        .wake
+                        .wait_timeout(state, Duration::from_secs(1))
+                        .map_or_else(|p| p.into_inner().0, |(s, _)| s);
+                }
+                state.busy = true;
+                let journal = Journal {
+                    stream: state.status.stream.clone(),
+                    generation: state.status.generation.clone(),
+                    position: state.status.position,
+                    based: state.based,
+                    uploaded: state.uploaded,
+                };
+                (
+                    state.jobs.front().cloned().expect("checked"),
+                    state.epoch,
+                    journal,
+                    state.stop,
+                )
+            };
+            let outcome = self.perform(&job, &journal);
+            let mut state = self.lane.lock();
+            state.busy = false;
+            let current = state.epoch == epoch;
+            match outcome {
+                Ok(done) => {
+                    backoff = Duration::ZERO;
+                    record(&mut state, done, current);
+                }
+                Err(Failure::Skip(reason)) => {
+                    tracing::warn!(database = %self.database, destination = state.status.repository, "{reason}");
+                    state.status.last_error = Some(reason);
+                    if current {
+                        state.jobs.pop_front();
+                    }
+                }
+                Err(Failure::Fatal(reason)) => {
+                    state.status.last_error = Some(reason.clone());
+                    if current {
+                        state.failed = Some(reason);
+                        if stopping {
+                            state.jobs.clear();
+                        }
+                    }
+                    // Nothing more can happen in this epoch until the reader decides.
+                    while state.epoch == epoch && !state.stop {
+                        state = self
+                            .lane
+                            .wake
+                            .wait_timeout(state, Duration::from_millis(100))
+                            .map_or_else(|p| p.into_inner().0, |(s, _)| s);
+                    }
+                    if state.stop && state.epoch == epoch {
+                        return;
+                    }
+                }
+                Err(Failure::Retry(reason)) => {
+                    tracing::debug!(database = %self.database, destination = state.status.repository, "{reason}");
+                    state.status.last_error = Some(reason);
+                    if stopping {
+                        // Stopping: one attempt only; what is left is resumed or resynced by
+                        // the next start.
+                        state.jobs.clear();
+                        return;
+                    }
+                    drop(state);
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
+                        let state = self.lane.lock();
+                        if state.epoch != epoch || state.stop {
+                            break;
+                        }
+                        drop(state);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+    }
+
+    fn perform(&mut self, job: &Job, journal: &Journal) -> std::result::Result<Done, Failure> {
+        match job {
+            Job::Upload(round) => self.upload(round, journal),
+            Job::Base(copy) => self.base(copy, journal),
+            Job::Snapshot(copy) => self.snapshot(copy, journal),
+        }
+    }
+
+    /// Stores the next piece (at most one segment) of `round`.
+    fn upload(&mut self, round: &Round, journal: &Journal) -> std::result::Result<Done, Failure> {
+        if !journal.based {
+            return Err(Failure::Fatal(
+                "frames were queued before the generation's snapshot was stored".into(),
+            ));
+        }
+        // The journal here must end where the round starts, or inside it (an upload that was
+        // in flight when the queue was rebuilt already stored its beginning), or the round
+        // must open a new WAL cycle.
+        let mut round = *round;
+        match journal.uploaded {
+            Some(at) if at == round.start => {}
+            Some(at)
+                if at.salt == round.start.salt
+                    && at.offset > round.start.offset
+                    && at.offset <= round.end.offset =>
+            {
+                if at.offset == round.end.offset {
+                    return Ok(Done::Nothing);
+                }
+                round.start = at;
+                round.new_cycle = false;
+            }
+            _ if round.new_cycle => {}
+            _ => {
+                return Err(Failure::Fatal(format!(
+                    "frames queued at WAL offset {} do not continue the journal stored here; a new generation follows",
+                    round.start.offset
+                )));
+            }
+        }
+        let gone = |what: &str| {
+            Failure::Fatal(format!(
+                "the WAL no longer holds the frames at offset {} ({what}); a new generation follows",
+                round.start.offset
+            ))
+        };
+        let max = self.options.max_segment_bytes.min(round.bytes()).max(1);
+        let read = wal::read_committed(&self.wal_path, Some(&round.start), max)
+            .map_err(|e| Failure::Fatal(e.to_string()))?
+            .ok_or_else(|| gone("the file has no header"))?;
+        if read.new_cycle || read.start != round.start || read.commits == 0 {
+            return Err(gone("the log was restarted"));
+        }
+        if read.end.offset > round.end.offset || read.end.salt != round.end.salt {
+            return Err(gone("they no longer end where they were captured"));
+        }
+        let frames = read.frames.len() as u64;
+        let header = SegmentHeader {
+            generation: journal.generation.clone(),
+            position: journal.position,
+            end_position: journal.position + frames,
+            captured: round.captured,
+            page_size: read.header.page_size,
+            big_endian: read.header.big_endian,
+            new_cycle: round.new_cycle,
+            start: read.start,
+            end: read.end,
+            commits: read.commits,
+        };
+        let name = segment::name(&header.generation, header.position, header.captured);
+        self.repo
+            .put_stream_object(
+                &journal.stream,
+                &name,
+                &segment::encode(&header, &read.frames),
+            )
+            .map_err(|e| Failure::Retry(format!("storing segment {name}: {e}")))?;
+        tracing::debug!(database = %self.database, segment = name, bytes = frames, "shipped");
+        Ok(Done::Segment {
+            end: read.end,
+            end_position: header.end_position,
+            bytes: frames,
+            captured: round.captured,
+        })
+    }
+
+    /// Starts a new generation: stores the copy as its base snapshot.
+    fn base(&mut self, copy: &SharedCopy, journal: &Journal) -> std::result::Result<Done, Failure> {
+        let fatal = |e: Error| Failure::Fatal(format!("new generation: {e}"));
+        let stream = if journal.stream.is_empty() {
+            // Not known yet (the repository did not answer at start): ask it first, which also
+            // tells whether it answers before a copy of the database is made.
+            find_resume(&self.repo, &self.database)
+                .map_err(fatal)?
+                .map_or_else(catalog::new_stream_id, |r| r.stream)
+        } else {
+            // A cheap request first: a repository that does not answer costs no copy.
+            self.repo
+                .list_stream_objects(&journal.stream)
+                .map_err(|e| fatal(e.into()))?;
+            journal.stream.clone()
+        };
+        let generation = catalog::new_generation();
+        let state = SnapshotState {
+            format: catalog::STATE_FORMAT,
+            database: self.database.clone(),
+            stream: stream.clone(),
+            generation: generation.clone(),
+            position: 0,
+            captured: copy.captured,
+            wal: copy.cursor,
+            page_size: copy.page_size,
+        };
+        let path = copy.path().map_err(fatal)?;
+        store_snapshot(path, &state, &mut self.repo, &self.db_path, &self.options)
+            .map_err(fatal)?;
+        Ok(Done::Base {
+            stream,
+            generation,
+            cursor: copy.cursor,
+            captured: copy.captured,
+        })
+    }
+
+    /// A periodic snapshot at the position everything before it reached.
+    fn snapshot(
+        &mut self,
+        copy: &SharedCopy,
+        journal: &Journal,
+    ) -> std::result::Result<Done, Failure> {
+        if !journal.based || journal.uploaded != copy.cursor {
+            return Err(Failure::Skip(
+                "snapshot skipped: the journal here does not stand where the copy was taken".into(),
+            ));
+        }
+        let state = SnapshotState {
+            format: catalog::STATE_FORMAT,
+            database: self.database.clone(),
+            stream: journal.stream.clone(),
+            generation: journal.generation.clone(),
+            position: journal.position,
+            captured: copy.captured,
+            wal: copy.cursor,
+            page_size: copy.page_size,
+        };
+        let skip = |e: Error| Failure::Skip(format!("snapshot: {e}"));
+        let path = copy.path().map_err(skip)?;
+        store_snapshot(path, &state, &mut self.repo, &self.db_path, &self.options).map_err(skip)?;
+        Ok(Done::Snapshot {
+            captured: copy.captured,
+        })
+    }
+}
+
+/// Records what a job stored; advances the queue only if it is still the epoch's.
+fn record(state: &mut LaneState, done: Done, current: bool) {
+    match done {
+        Done::Segment {
+            end,
+            end_position,
+            bytes,
+            captured,
+        } => {
+            state.uploaded = Some(end);
+            state.status.position = end_position;
+            state.status.segments_shipped += 1;
+            state.status.bytes_shipped += bytes;
+            state.status.last_segment_time = Some(captured);
+            state.backlog = state.backlog.saturating_sub(bytes);
+            if current && let Some(Job::Upload(round)) = state.jobs.front_mut() {
+                if end == round.end {
+                    state.jobs.pop_front();
+                } else {
+                    round.start = end;
+                    round.new_cycle = false;
+                }
+            }
+        }
+        Done::Base {
+            stream,
+            generation,
+            cursor,
+            captured,
+        } => {
+            state.status.stream = stream;
+            state.status.generation = generation;
+            state.status.position = 0;
+            state.uploaded = cursor;
+            state.based = true;
+            state.status.snapshots_taken += 1;
+            state.status.generations_started += 1;
+            state.status.last_snapshot_time = Some(captured);
+            if current {
+                state.jobs.pop_front();
+            }
+        }
+        Done::Snapshot { captured } => {
+            state.status.snapshots_taken += 1;
+            state.status.last_snapshot_time = Some(captured);
+            if current {
+                state.jobs.pop_front();
+            }
+        }
+        Done::Nothing => {
+            if current {
+                state.jobs.pop_front();
+            }
+        }
     }
 }
 
 /// Copies the database as `conn`'s read transaction sees it (through SQLite's backup API, page
-/// for page, into a temporary file) and stores the copy as a snapshot recording `state`.
-fn store_snapshot(
-    conn: &Connection,
-    state: &SnapshotState,
-    repo: &mut IndexedRepository,
-    db_path: &Path,
-    options: &ReplicateOptions,
-) -> Result<Id> {
-    let spool = options.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+/// for page) into a temporary file in `spool`.
+fn copy_database(conn: &Connection, db_path: &Path, spool: &Path) -> Result<tempfile::TempPath> {
     let copy = tempfile::Builder::new()
         .prefix(".lifeboat-sqlite-snapshot-")
-        .tempfile_in(&spool)
-        .map_err(|e| Error::io("create a snapshot copy in", &spool, e))?;
+        .tempfile_in(spool)
+        .map_err(|e| Error::io("create a snapshot copy in", spool, e))?
+        .into_temp_path();
     {
-        let mut target = Connection::open(copy.path())
-            .map_err(|e| Error::sqlite("open the snapshot copy", copy.path(), e))?;
+        let mut target = Connection::open(&copy)
+            .map_err(|e| Error::sqlite("open the snapshot copy", copy.to_path_buf(), e))?;
         let backup = rusqlite::backup::Backup::new(conn, &mut target)
             .map_err(|e| Error::sqlite("start the snapshot copy of", db_path, e))?;
         backup
             .run_to_completion(1024, Duration::ZERO, None)
             .map_err(|e| Error::sqlite("copy", db_path, e))?;
     }
+    Ok(copy)
+}
+
+/// Stores the copy at `copy` as a snapshot recording `state`.
+fn store_snapshot(
+    copy: &Path,
+    state: &SnapshotState,
+    repo: &mut IndexedRepository,
+    db_path: &Path,
+    options: &ReplicateOptions,
+) -> Result<Id> {
     let name = db_path
         .file_name()
         .map_or_else(|| "database".into(), |n| n.to_string_lossy().into_owned());
-    let file = std::fs::File::open(copy.path())
-        .map_err(|e| Error::io("read the snapshot copy", copy.path(), e))?;
+    let file =
+        std::fs::File::open(copy).map_err(|e| Error::io("read the snapshot copy", copy, e))?;
     let backup_options = BackupOptions {
         hostname: options.hostname.clone(),
         username: options.username.clone(),

@@ -34,6 +34,9 @@ pub struct Lag {
 /// One database in one repository.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatabaseStatus {
+    /// The repository this is about, when the caller names it (several destinations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
     /// The replicated database.
     pub database: String,
     /// Its journal stream.
@@ -94,6 +97,7 @@ pub fn status(repo: &Repository, selector: Option<&Selector>) -> Result<Vec<Data
             .max(latest.state.captured);
         let lag = local_lag(Path::new(&database), end_cursor, last_time);
         out.push(DatabaseStatus {
+            repository: None,
             stream,
             generation,
             snapshots: own.len(),
