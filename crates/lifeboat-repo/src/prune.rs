@@ -1084,6 +1084,16 @@ mod tests {
         }
     }
 
+    /// A repository whose only snapshot is forgotten, and the index of a backup that loaded
+    /// it before that: the backup deduplicates against data the next prune dooms.
+    fn repo_with_stale_backup() -> (Repository, IndexedRepository) {
+        let repo = new_repo();
+        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
+        let stale = repo.clone().load_index().unwrap();
+        repo.forget_snapshot(&old).unwrap();
+        (repo, stale)
+    }
+
     fn backup(repo: &Repository, files: &[(&str, &[u64])]) -> Id {
         backup_with(&mut repo.clone().load_index().unwrap(), files)
     }
@@ -1162,11 +1172,7 @@ mod tests {
 
     #[test]
     fn a_backup_that_reused_a_doomed_blob_stores_it_again() {
-        let repo = new_repo();
-        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
-        // This backup loads its index before the prune and deduplicates against `old`'s data.
-        let mut stale = repo.clone().load_index().unwrap();
-        repo.forget_snapshot(&old).unwrap();
+        let (repo, mut stale) = repo_with_stale_backup();
         let marked = prune(&repo, &options()).unwrap();
         assert!(marked.mark.packs_unused > 0);
         let reused = backup_with(&mut stale, &[("again", &[1, 2, 3])]);
@@ -1180,10 +1186,7 @@ mod tests {
     /// them before the mark then wrote a snapshot whose data was gone.
     #[test]
     fn a_backup_that_outlived_a_sweep_of_what_it_reused_is_refused() {
-        let repo = new_repo();
-        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
-        let mut stale = repo.clone().load_index().unwrap();
-        repo.forget_snapshot(&old).unwrap();
+        let (repo, mut stale) = repo_with_stale_backup();
         let marked = prune(&repo, &options()).unwrap();
         assert!(marked.mark.packs_unused > 0);
         let swept = prune_at(&repo, &options(), later(11)).unwrap();
@@ -1209,10 +1212,7 @@ mod tests {
     /// A backup whose index is older than swept plans are kept checks storage itself.
     #[test]
     fn an_index_older_than_the_swept_plans_is_checked_against_storage() {
-        let repo = new_repo();
-        let old = backup(&repo, &[("a", &[1, 2, 3, 4, 5, 6])]);
-        let mut stale = repo.clone().load_index().unwrap();
-        repo.forget_snapshot(&old).unwrap();
+        let (repo, mut stale) = repo_with_stale_backup();
         prune(&repo, &options()).unwrap();
         prune_at(&repo, &options(), later(11)).unwrap();
         let keep = SWEPT_PLAN_KEEP.as_secs() as i64;

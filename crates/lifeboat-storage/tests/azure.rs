@@ -4,25 +4,19 @@
 //! (`http://127.0.0.1:PORT/devstoreaccount1`), `LIFEBOAT_TEST_AZURE_CONTAINER` and
 //! `AZURE_STORAGE_KEY`. Without the endpoint these tests print that they are skipped and pass.
 
+mod common;
+
 use bytes::Bytes;
 use lifeboat_storage::{Storage, StorageError};
 
 /// A fresh, empty location in the test container, or `None` (with a line saying so).
 fn azure_location(test: &str) -> Option<String> {
-    let Ok(endpoint) = std::env::var("LIFEBOAT_TEST_AZURE_ENDPOINT") else {
-        println!("SKIPPED {test}: LIFEBOAT_TEST_AZURE_ENDPOINT is not set (.ci/run sets it)");
-        return None;
-    };
-    let container =
-        std::env::var("LIFEBOAT_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "lifeboat-test".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some(format!(
-        "azure:{endpoint}/{container}/storage-{test}-{}-{nanos}",
-        std::process::id()
-    ))
+    common::object_store_location(
+        test,
+        "azure",
+        "LIFEBOAT_TEST_AZURE_ENDPOINT",
+        "LIFEBOAT_TEST_AZURE_CONTAINER",
+    )
 }
 
 #[test]

@@ -4,25 +4,19 @@
 //! (`http://127.0.0.1:PORT`), `LIFEBOAT_TEST_GCS_BUCKET` and
 //! `GOOGLE_OAUTH_ACCESS_TOKEN` (any token). Without the endpoint these tests print that they are skipped and pass.
 
+mod common;
+
 use bytes::Bytes;
 use lifeboat_storage::Storage;
 
 /// A fresh, empty location in the test container, or `None` (with a line saying so).
 fn gcs_location(test: &str) -> Option<String> {
-    let Ok(endpoint) = std::env::var("LIFEBOAT_TEST_GCS_ENDPOINT") else {
-        println!("SKIPPED {test}: LIFEBOAT_TEST_GCS_ENDPOINT is not set (.ci/run sets it)");
-        return None;
-    };
-    let container =
-        std::env::var("LIFEBOAT_TEST_GCS_BUCKET").unwrap_or_else(|_| "lifeboat-test".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some(format!(
-        "gs:{endpoint}/{container}/storage-{test}-{}-{nanos}",
-        std::process::id()
-    ))
+    common::object_store_location(
+        test,
+        "gs",
+        "LIFEBOAT_TEST_GCS_ENDPOINT",
+        "LIFEBOAT_TEST_GCS_BUCKET",
+    )
 }
 
 #[test]

@@ -4,25 +4,19 @@
 //! `http://127.0.0.1:9000`), `LIFEBOAT_TEST_S3_BUCKET` and the AWS credential variables. Without
 //! the endpoint these tests print that they are skipped and pass.
 
+mod common;
+
 use bytes::Bytes;
 use lifeboat_storage::{NetworkOptions, Storage, StorageError};
 
 /// A fresh, empty location in the test bucket, or `None` (with a line saying so) without a server.
 fn s3_location(test: &str) -> Option<String> {
-    let Ok(endpoint) = std::env::var("LIFEBOAT_TEST_S3_ENDPOINT") else {
-        println!("SKIPPED {test}: LIFEBOAT_TEST_S3_ENDPOINT is not set (.ci/run sets it)");
-        return None;
-    };
-    let bucket =
-        std::env::var("LIFEBOAT_TEST_S3_BUCKET").unwrap_or_else(|_| "lifeboat-test".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some(format!(
-        "s3:{endpoint}/{bucket}/storage-{test}-{}-{nanos}",
-        std::process::id()
-    ))
+    common::object_store_location(
+        test,
+        "s3",
+        "LIFEBOAT_TEST_S3_ENDPOINT",
+        "LIFEBOAT_TEST_S3_BUCKET",
+    )
 }
 
 #[test]
