@@ -341,7 +341,7 @@ pub enum LoginOutcome {
 }
 
 /// What a login request carries.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 pub struct LoginRequest {
     /// User name.
     pub username: String,
@@ -569,7 +569,7 @@ pub async fn authenticate_token(pool: &Pool, token: &str) -> Result<Option<Princ
 }
 
 /// A token as listed (never the secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct TokenInfo {
     /// Id (used to revoke it).
     pub id: String,

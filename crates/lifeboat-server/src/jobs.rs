@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use lifeboat_repo::retention::{self, Count, GroupBy, KeepPolicy, Period};
 use lifeboat_repo::{InitOptions, KdfParams, Repository};
 use lifeboat_storage::Storage;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use zeroize::Zeroizing;
@@ -23,7 +24,7 @@ use crate::scheduler::parse_schedule;
 use crate::secrets::Sealer;
 
 /// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     /// Back up files ([`BackupOptions`]).
@@ -207,7 +208,7 @@ pub fn validate_options(kind: JobKind, options: &serde_json::Value) -> Result<()
 }
 
 /// A repository as listed (never its password).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RepositoryInfo {
     /// Id.
     pub id: String,
@@ -226,7 +227,7 @@ fn repository_context(id: &str) -> String {
 }
 
 /// What creating a repository needs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRepository {
     /// Name.
@@ -415,7 +416,7 @@ pub async fn repository_secret(
 }
 
 /// A snapshot as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SnapshotInfo {
     /// Id (hex).
     pub id: String,
@@ -449,7 +450,7 @@ pub fn list_snapshots(location: &str, password: &[u8]) -> Result<Vec<SnapshotInf
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct JobInfo {
     /// Id.
     pub id: String,
@@ -479,8 +480,18 @@ pub struct JobInfo {
     pub created_at: i64,
 }
 
+/// A job with what the scheduler knows of it now.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct JobDetail {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobInfo,
+    /// A run of it is in progress.
+    pub running: bool,
+}
+
 /// What creating a job needs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Name.
@@ -640,7 +651,7 @@ pub async fn delete_job(pool: &Pool, tenant_id: &str, id: &str) -> Result<bool> 
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct RunInfo {
     /// Id.
     pub id: String,

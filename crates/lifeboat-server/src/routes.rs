@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Json, MatchedPath, Path, RawPathParams, Request, State};
+use axum::extract::{ConnectInfo, Json, MatchedPath, Path, Query, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Extension, Router};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -24,8 +25,9 @@ use crate::catalog::{new_id, now_millis};
 use crate::error::Error;
 use crate::identity::{self, LoginContext, LoginOutcome, LoginRequest, SESSION_COOKIE};
 use crate::jobs::{self, NewJob, NewRepository};
+use crate::openapi::Shape;
 use crate::server::AppState;
-use crate::{metrics, scheduler, ui};
+use crate::{metrics, openapi, scheduler, snapshots, ui};
 
 type App = Arc<AppState>;
 
@@ -45,6 +47,18 @@ pub struct RouteSpec {
     /// A dashboard page or form: answers in HTML, sends the signed-out to the login page,
     /// and takes the CSRF token from a form field as well as from the header.
     pub page: bool,
+    /// One line for the API description (docs/openapi.json).
+    pub summary: &'static str,
+    /// The JSON body it takes, if any.
+    pub body: Option<Shape>,
+    /// The JSON body it answers with, if described by a type.
+    pub reply: Option<Shape>,
+    /// The status of a successful answer.
+    pub status: u16,
+    /// The media type of a successful answer that is not JSON.
+    pub media: Option<&'static str>,
+    /// Query parameters: name and meaning.
+    pub query: &'static [(&'static str, &'static str)],
 }
 
 pub(crate) const fn spec(
@@ -59,6 +73,12 @@ pub(crate) const fn spec(
         before_password_change: false,
         session_only: false,
         page: false,
+        summary: "",
+        body: None,
+        reply: None,
+        status: 200,
+        media: None,
+        query: &[],
     }
 }
 
@@ -77,6 +97,40 @@ impl RouteSpec {
         self.session_only = true;
         self
     }
+    /// The one-line description in the API document.
+    const fn doc(mut self, summary: &'static str) -> Self {
+        self.summary = summary;
+        self
+    }
+    /// Takes this JSON body.
+    const fn takes(mut self, body: Shape) -> Self {
+        self.body = Some(body);
+        self
+    }
+    /// Answers with this JSON body.
+    const fn gives(mut self, reply: Shape) -> Self {
+        self.reply = Some(reply);
+        self
+    }
+    /// Answers with this media type instead of JSON.
+    const fn media(mut self, media: &'static str) -> Self {
+        self.media = Some(media);
+        self
+    }
+    /// Takes these query parameters (name, meaning).
+    const fn query(mut self, query: &'static [(&'static str, &'static str)]) -> Self {
+        self.query = query;
+        self
+    }
+    /// Answers 201 Created.
+    const fn creates(self) -> Self {
+        self.answers(201)
+    }
+    /// Answers this status on success.
+    const fn answers(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
     /// True if the route acts on one tenant (has `{tenant}` in its path).
     pub fn tenant_scoped(&self) -> bool {
         self.path.contains("{tenant}")
@@ -86,93 +140,150 @@ impl RouteSpec {
 /// Every route with its handler. The only place routes are declared.
 pub fn routes() -> Vec<(RouteSpec, MethodRouter<App>)> {
     use Permission::*;
+    const REPOS: &str = "/api/v1/tenants/{tenant}/repositories";
+    const REPO: &str = "/api/v1/tenants/{tenant}/repositories/{repository}";
+    const JOBS: &str = "/api/v1/tenants/{tenant}/jobs";
+    const JOB: &str = "/api/v1/tenants/{tenant}/jobs/{job}";
+    const SNAPSHOT_ENTRIES: &str =
+        "/api/v1/tenants/{tenant}/repositories/{repository}/snapshots/{snapshot}/entries";
+    const SNAPSHOT_FILE: &str =
+        "/api/v1/tenants/{tenant}/repositories/{repository}/snapshots/{snapshot}/file";
     vec![
-        (spec("GET", "/healthz", Public), get(healthz)),
-        (spec("GET", "/metrics", ReadMetrics), get(metrics_text)),
-        (spec("POST", "/api/v1/login", Public), post(login)),
         (
-            spec("POST", "/api/v1/logout", SignedIn).early(),
+            spec("GET", "/healthz", Public).doc("Liveness: the catalog answers."),
+            get(healthz),
+        ),
+        (
+            spec("GET", "/metrics", ReadMetrics)
+                .doc("Prometheus metrics (text format).")
+                .media("text/plain"),
+            get(metrics_text),
+        ),
+        (
+            spec("GET", "/api/v1/openapi.json", Public).doc("This API's OpenAPI document."),
+            get(openapi_document),
+        ),
+        (
+            spec("POST", "/api/v1/login", Public)
+                .doc("Sign in: sets the session cookie and returns the CSRF token.")
+                .takes(Shape::Login),
+            post(login),
+        ),
+        (
+            spec("POST", "/api/v1/logout", SignedIn)
+                .early()
+                .doc("End the session."),
             post(logout),
         ),
-        (spec("GET", "/api/v1/me", SignedIn).early(), get(me)),
+        (
+            spec("GET", "/api/v1/me", SignedIn)
+                .early()
+                .doc("Who the caller is: user, role, tenant, 2FA."),
+            get(me),
+        ),
         (
             spec("POST", "/api/v1/me/password", SignedIn)
                 .early()
-                .session(),
+                .session()
+                .doc("Change the caller's password; ends its other sessions.")
+                .takes(Shape::PasswordChange),
             post(change_password),
         ),
         (
-            spec("POST", "/api/v1/me/totp", SignedIn).session(),
+            spec("POST", "/api/v1/me/totp", SignedIn)
+                .session()
+                .doc("Begin TOTP enrolment: returns the secret and otpauth URI."),
             post(totp_begin),
         ),
         (
-            spec("POST", "/api/v1/me/totp/confirm", SignedIn).session(),
+            spec("POST", "/api/v1/me/totp/confirm", SignedIn)
+                .session()
+                .doc("Confirm TOTP with a first code: returns the recovery codes.")
+                .takes(Shape::TotpCode),
             post(totp_confirm),
         ),
         (
-            spec("GET", "/api/v1/me/tokens", SignedIn).session(),
+            spec("GET", "/api/v1/me/tokens", SignedIn)
+                .session()
+                .doc("The caller's API tokens (never their secrets).")
+                .gives(Shape::Tokens),
             get(tokens_list),
         ),
         (
-            spec("POST", "/api/v1/me/tokens", SignedIn).session(),
+            spec("POST", "/api/v1/me/tokens", SignedIn)
+                .session()
+                .doc("Create an API token, at most the caller's role; shown once.")
+                .takes(Shape::NewToken)
+                .creates(),
             post(tokens_create),
         ),
         (
-            spec("DELETE", "/api/v1/me/tokens/{token}", SignedIn).session(),
+            spec("DELETE", "/api/v1/me/tokens/{token}", SignedIn)
+                .session()
+                .doc("Revoke one of the caller's tokens."),
             delete(tokens_revoke),
         ),
         (
-            spec("GET", "/api/v1/tenants", ManageServer),
+            spec("GET", "/api/v1/tenants", ManageServer).doc("All tenants."),
             get(tenants_list),
         ),
         (
-            spec("POST", "/api/v1/tenants", ManageServer),
+            spec("POST", "/api/v1/tenants", ManageServer)
+                .doc("Create a tenant.")
+                .takes(Shape::NewTenant)
+                .creates(),
             post(tenants_create),
         ),
-        (spec("GET", "/api/v1/users", ManageServer), get(users_list)),
         (
-            spec("POST", "/api/v1/users", ManageServer),
+            spec("GET", "/api/v1/users", ManageServer).doc("All users."),
+            get(users_list),
+        ),
+        (
+            spec("POST", "/api/v1/users", ManageServer)
+                .doc("Create a user (password policy applies).")
+                .takes(Shape::NewUser)
+                .creates(),
             post(users_create),
         ),
         (
-            spec("DELETE", "/api/v1/users/{user}", ManageServer),
+            spec("DELETE", "/api/v1/users/{user}", ManageServer).doc("Delete a user."),
             delete(users_delete),
         ),
         (
-            spec("POST", "/api/v1/admin/revoke-all", ManageServer).session(),
+            spec("POST", "/api/v1/admin/revoke-all", ManageServer)
+                .session()
+                .doc("Breach response: end every session and revoke every API token."),
             post(revoke_all),
         ),
-        (spec("GET", "/api/v1/audit", ReadAudit), get(audit_export)),
         (
-            spec(
-                "GET",
-                "/api/v1/tenants/{tenant}/repositories",
-                ReadRepositories,
-            ),
+            spec("GET", "/api/v1/audit", ReadAudit)
+                .doc("The audit log as JSON lines (a tenant's principal sees its tenant).")
+                .media("application/x-ndjson"),
+            get(audit_export),
+        ),
+        (
+            spec("GET", REPOS, ReadRepositories)
+                .doc("A tenant's repositories (never their passwords).")
+                .gives(Shape::Repositories),
             get(repositories_list),
         ),
         (
-            spec(
-                "POST",
-                "/api/v1/tenants/{tenant}/repositories",
-                ConfigureJobs,
-            ),
+            spec("POST", REPOS, ConfigureJobs)
+                .doc("Register (or initialise) a repository; its password is sealed.")
+                .takes(Shape::NewRepository)
+                .gives(Shape::Repository)
+                .creates(),
             post(repositories_create),
         ),
         (
-            spec(
-                "GET",
-                "/api/v1/tenants/{tenant}/repositories/{repository}",
-                ReadRepositories,
-            ),
+            spec("GET", REPO, ReadRepositories)
+                .doc("One repository.")
+                .gives(Shape::Repository),
             get(repositories_get),
         ),
         (
-            spec(
-                "DELETE",
-                "/api/v1/tenants/{tenant}/repositories/{repository}",
-                ConfigureJobs,
-            ),
+            spec("DELETE", REPO, ConfigureJobs)
+                .doc("Forget a repository (its data stays in storage)."),
             delete(repositories_delete),
         ),
         (
@@ -180,39 +291,68 @@ pub fn routes() -> Vec<(RouteSpec, MethodRouter<App>)> {
                 "GET",
                 "/api/v1/tenants/{tenant}/repositories/{repository}/snapshots",
                 ReadSnapshots,
-            ),
+            )
+            .doc("The snapshots in a repository (audited).")
+            .gives(Shape::Snapshots),
             get(snapshots_list),
         ),
         (
-            spec("GET", "/api/v1/tenants/{tenant}/jobs", ReadJobs),
+            spec("GET", SNAPSHOT_ENTRIES, ReadSnapshots)
+                .doc("List a path of a snapshot: a directory's entries, or the entry itself (audited).")
+                .query(&[
+                    ("path", "Absolute path in the snapshot (default /)."),
+                    ("recursive", "true: every level below the path, not just the first."),
+                ])
+                .gives(Shape::Listing),
+            get(snapshot_entries),
+        ),
+        (
+            spec("GET", SNAPSHOT_FILE, ReadSnapshots)
+                .doc("Download one file of a snapshot, decrypted and verified (audited).")
+                .query(&[("path", "Absolute path of the file in the snapshot.")])
+                .media("application/octet-stream"),
+            get(snapshot_file),
+        ),
+        (
+            spec("GET", JOBS, ReadJobs)
+                .doc("A tenant's jobs.")
+                .gives(Shape::Jobs),
             get(jobs_list),
         ),
         (
-            spec("POST", "/api/v1/tenants/{tenant}/jobs", ConfigureJobs),
+            spec("POST", JOBS, ConfigureJobs)
+                .doc("Create a scheduled job.")
+                .takes(Shape::NewJob)
+                .gives(Shape::NewJobCreated)
+                .creates(),
             post(jobs_create),
         ),
         (
-            spec("GET", "/api/v1/tenants/{tenant}/jobs/{job}", ReadJobs),
+            spec("GET", JOB, ReadJobs)
+                .doc("One job, and whether it is running.")
+                .gives(Shape::Job),
             get(jobs_get),
         ),
         (
-            spec(
-                "DELETE",
-                "/api/v1/tenants/{tenant}/jobs/{job}",
-                ConfigureJobs,
-            ),
+            spec("DELETE", JOB, ConfigureJobs).doc("Delete a job and its run history."),
             delete(jobs_delete),
         ),
         (
-            spec("POST", "/api/v1/tenants/{tenant}/jobs/{job}/run", RunJobs),
+            spec("POST", "/api/v1/tenants/{tenant}/jobs/{job}/run", RunJobs)
+                .doc("Start a run now (409 if one is running).")
+                .answers(202),
             post(jobs_run),
         ),
         (
-            spec("GET", "/api/v1/tenants/{tenant}/jobs/{job}/runs", ReadJobs),
+            spec("GET", "/api/v1/tenants/{tenant}/jobs/{job}/runs", ReadJobs)
+                .doc("A job's latest runs, newest first (at most 100).")
+                .gives(Shape::Runs),
             get(runs_list),
         ),
         (
-            spec("GET", "/api/v1/tenants/{tenant}/runs/{run}", ReadJobs),
+            spec("GET", "/api/v1/tenants/{tenant}/runs/{run}", ReadJobs)
+                .doc("One run with its log.")
+                .gives(Shape::Run),
             get(runs_get),
         ),
         // The dashboard (crate::ui): HTML pages, signed in by session only.
@@ -666,6 +806,10 @@ async fn healthz(State(app): State<App>) -> Response {
     }
 }
 
+async fn openapi_document() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
 async fn metrics_text(State(app): State<App>) -> ApiResult<Response> {
     let text = metrics::render(&app.metrics, &app.pool).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -837,9 +981,12 @@ async fn me(
     })))
 }
 
-#[derive(Deserialize)]
-struct PasswordChange {
+#[derive(Deserialize, JsonSchema)]
+/// A password change.
+pub(crate) struct PasswordChange {
+    /// The password in use now.
     current_password: String,
+    /// The new password (at least the server's minimum length; common passwords refused).
     new_password: String,
 }
 
@@ -925,8 +1072,10 @@ async fn totp_begin(
     Ok(Json(json!({ "otpauth_uri": uri, "secret": secret })))
 }
 
-#[derive(Deserialize)]
-struct CodeBody {
+#[derive(Deserialize, JsonSchema)]
+/// A code from the authenticator app.
+pub(crate) struct CodeBody {
+    /// Six digits.
     code: String,
 }
 
@@ -957,9 +1106,12 @@ async fn tokens_list(
     )))
 }
 
-#[derive(Deserialize)]
-struct NewToken {
+#[derive(Deserialize, JsonSchema)]
+/// A new API token.
+pub(crate) struct NewToken {
+    /// A name to recognise it by.
     name: String,
+    /// Its role, at most the caller's (default: the caller's).
     role: Option<Role>,
 }
 
@@ -1016,8 +1168,10 @@ async fn tenants_list(State(app): State<App>) -> ApiResult<Json<serde_json::Valu
     )))
 }
 
-#[derive(Deserialize)]
-struct NewTenant {
+#[derive(Deserialize, JsonSchema)]
+/// A new tenant.
+pub(crate) struct NewTenant {
+    /// Unique name, 1 to 100 characters.
     name: String,
 }
 
@@ -1074,11 +1228,16 @@ async fn users_list(State(app): State<App>) -> ApiResult<Json<serde_json::Value>
         .collect::<Vec<_>>())))
 }
 
-#[derive(Deserialize)]
-struct NewUser {
+#[derive(Deserialize, JsonSchema)]
+/// A new user.
+pub(crate) struct NewUser {
+    /// Unique user name.
     username: String,
+    /// Initial password (the password policy applies).
     password: String,
+    /// Role.
     role: Role,
+    /// The tenant the user is bound to; none for a server-wide user.
     tenant_id: Option<String>,
 }
 
@@ -1268,6 +1427,119 @@ pub(crate) async fn list_snapshots_audited(
     Ok(snapshots)
 }
 
+#[derive(Deserialize)]
+struct EntriesQuery {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+async fn snapshot_entries(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, repository, snapshot)): Path<(String, String, String)>,
+    Query(query): Query<EntriesQuery>,
+) -> ApiResult<Json<snapshots::Listing>> {
+    let (location, password) =
+        jobs::repository_secret(&app.pool, &app.sealer, &tenant, &repository)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+    let wanted = query.path.clone();
+    let asked = snapshot.clone();
+    let listing = tokio::task::spawn_blocking(move || {
+        snapshots::list(&location, &password, &asked, &wanted, query.recursive)
+    })
+    .await
+    .map_err(|e| Error::Job(e.to_string()))??;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("snapshot.browse")
+                .tenant(Some(&tenant))
+                .target(format!("{repository}/{}", listing.snapshot))
+                .detail(json!({ "path": query.path, "entries": listing.entries.len() })),
+        )
+        .await?;
+    Ok(Json(listing))
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    path: String,
+}
+
+/// Streams one file of a snapshot. The download is audited before the first byte leaves;
+/// `Content-Length` lets the client tell a cut-off transfer from a whole one.
+async fn snapshot_file(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path((tenant, repository, snapshot)): Path<(String, String, String)>,
+    Query(query): Query<FileQuery>,
+) -> ApiResult<Response> {
+    let (location, password) =
+        jobs::repository_secret(&app.pool, &app.sealer, &tenant, &repository)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+    let wanted = query.path.clone();
+    let download = tokio::task::spawn_blocking(move || {
+        snapshots::open_file(&location, &password, &snapshot, &wanted)
+    })
+    .await
+    .map_err(|e| Error::Job(e.to_string()))??;
+    app.audit
+        .append(
+            &app.pool,
+            caller
+                .event("snapshot.download")
+                .tenant(Some(&tenant))
+                .target(format!("{repository}/{}", download.snapshot))
+                .detail(json!({ "path": download.path.to_string_lossy(), "bytes": download.size })),
+        )
+        .await?;
+    let size = download.size;
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        download
+            .file_name()
+            .chars()
+            .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            })
+            .collect::<String>()
+    );
+    // A few chunks in flight: the repository is read on the blocking pool while the client
+    // receives, and a slow client holds back the reader instead of filling memory.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || {
+        for chunk in download.chunks() {
+            let failed = chunk.is_err();
+            let item = chunk.map_err(|e| {
+                tracing::error!("download stopped: {e}");
+                std::io::Error::other(e.to_string())
+            });
+            if sender.blocking_send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 async fn jobs_list(
     State(app): State<App>,
     Path(tenant): Path<String>,
@@ -1316,9 +1588,10 @@ async fn jobs_get(
         .await?
         .ok_or_else(ApiError::not_found)?;
     let running = app.running.is_running(&found.id);
-    let mut value = json!(found);
-    value["running"] = json!(running);
-    Ok(Json(value))
+    Ok(Json(json!(jobs::JobDetail {
+        job: found,
+        running
+    })))
 }
 
 async fn jobs_delete(
@@ -1457,6 +1730,7 @@ mod tests {
                     [
                         "/healthz",
                         "/api/v1/login",
+                        "/api/v1/openapi.json",
                         "/",
                         "/ui/login",
                         "/ui/assets/style.css",

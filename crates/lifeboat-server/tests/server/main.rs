@@ -519,6 +519,7 @@ fn allowed(method: &str, path: &str, who: Who) -> bool {
     let public = matches!(
         (method, path),
         ("GET", "/healthz")
+            | ("GET", "/api/v1/openapi.json")
             | ("POST", "/api/v1/login")
             | ("GET", "/")
             | ("GET", "/ui/login")
@@ -550,7 +551,9 @@ fn allowed(method: &str, path: &str, who: Who) -> bool {
         ("GET", "/api/v1/audit") => matches!(who, Admin | Auditor | GlobalAuditor),
         ("GET", "/api/v1/tenants/{tenant}/repositories")
         | ("GET", "/api/v1/tenants/{tenant}/repositories/{repository}") => true,
-        ("GET", "/api/v1/tenants/{tenant}/repositories/{repository}/snapshots") => {
+        ("GET", p)
+            if p.starts_with("/api/v1/tenants/{tenant}/repositories/{repository}/snapshots") =>
+        {
             matches!(who, Admin | Operator | Member)
         }
         ("GET", p) if p.contains("/jobs") || p.contains("/runs/") => {
@@ -565,6 +568,8 @@ fn allowed(method: &str, path: &str, who: Who) -> bool {
 
 struct Fixture {
     tenant: String,
+    /// The file the fixture's backup holds.
+    file: std::path::PathBuf,
     repository: String,
     job: String,
     run: String,
@@ -612,6 +617,7 @@ async fn fixture(test: &TestServer, admin: &Auth, name: &str) -> Fixture {
     .await;
     Fixture {
         tenant,
+        file: source.join("file"),
         repository,
         job,
         run,
@@ -746,7 +752,11 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
                 }
                 path = path
                     .replace("{repository}", &target.repository)
-                    .replace("{job}", &target.job);
+                    .replace("{job}", &target.job)
+                    .replace("{snapshot}", "latest");
+                if path.ends_with("/file") {
+                    path.push_str(&format!("?path={}", target.file.display()));
+                }
                 let method = Method::from_bytes(spec.method.as_bytes()).unwrap();
                 let body = (spec.method == "POST").then(|| json!({}));
                 let response = test.request(&auth, method, &path, body).await;
@@ -830,6 +840,19 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
             ),
             format!("/api/v1/tenants/{unknown}/repositories/{unknown}/snapshots"),
         ),
+        (
+            format!(
+                "/api/v1/tenants/{}/repositories/{}/snapshots/latest/file?path={}",
+                own.tenant,
+                other.repository,
+                other.file.display()
+            ),
+            format!(
+                "/api/v1/tenants/{}/repositories/{unknown}/snapshots/latest/file?path={}",
+                own.tenant,
+                other.file.display()
+            ),
+        ),
         // The dashboard's pages hide them the same way.
         (
             format!("/ui/tenants/{}/jobs/{}", own.tenant, other.job),
@@ -864,6 +887,204 @@ async fn authorisation_matrix_every_route_every_role_own_and_other_tenant() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = test.call(operator, Method::GET, "/api/v1/me", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    test.stop().await;
+}
+
+/// A member browses a snapshot and downloads a file through the API without the repository
+/// password; every listing and download is audited; paths cannot climb out of the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_browses_and_downloads_snapshot_files_and_each_is_audited() {
+    let (mut test, admin) = TestServer::start(test_config()).await;
+    let own = fixture(&test, &admin, "own").await;
+    // A file of several chunks, to stream more than one blob.
+    let big: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let source = own.file.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    std::fs::write(source.join("sub/big.bin"), &big).unwrap();
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{}/jobs/{}/run", own.tenant, own.job),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    eventually(Duration::from_secs(120), "the second run", || async {
+        let (_, runs) = test
+            .call(
+                &admin,
+                Method::GET,
+                &format!("/api/v1/tenants/{}/jobs/{}/runs", own.tenant, own.job),
+                None,
+            )
+            .await;
+        (runs.as_array().map_or(0, Vec::len) == 2 && runs[0]["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let member = test.user(&admin, "mia", "member", Some(&own.tenant)).await;
+    let snapshots = format!(
+        "/api/v1/tenants/{}/repositories/{}/snapshots",
+        own.tenant, own.repository
+    );
+
+    let (status, listing) = test
+        .call(
+            &member,
+            Method::GET,
+            &format!("{snapshots}/latest/entries?path={}", source.display()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listing}");
+    let paths: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    let sub = source.join("sub");
+    assert_eq!(
+        paths,
+        [own.file.to_str().unwrap(), sub.to_str().unwrap()],
+        "one level: {listing}"
+    );
+    let (_, listing) = test
+        .call(
+            &member,
+            Method::GET,
+            &format!(
+                "{snapshots}/latest/entries?path={}&recursive=true",
+                source.display()
+            ),
+            None,
+        )
+        .await;
+    let big_entry = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"].as_str().unwrap().ends_with("big.bin"))
+        .unwrap();
+    assert_eq!(big_entry["size"], big.len());
+    assert_eq!(big_entry["kind"], "file");
+
+    let response = test
+        .request(
+            &member,
+            Method::GET,
+            &format!(
+                "{snapshots}/latest/file?path={}/sub/big.bin",
+                source.display()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-length"],
+        big.len().to_string().as_str()
+    );
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("big.bin")
+    );
+    let body = response.bytes().await.unwrap();
+    assert!(
+        body[..] == big[..],
+        "the download is the file, byte for byte"
+    );
+    // The first snapshot, by its id, did not have it yet.
+    let (_, list) = test.call(&member, Method::GET, &snapshots, None).await;
+    let oldest = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .min_by_key(|s| s["time"].as_str().unwrap().to_owned())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = test
+        .call(
+            &member,
+            Method::GET,
+            &format!(
+                "{snapshots}/{oldest}/file?path={}/sub/big.bin",
+                source.display()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = test
+        .call(
+            &member,
+            Method::GET,
+            &format!(
+                "{snapshots}/{}/file?path={}",
+                &oldest[..8],
+                own.file.display()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a unique prefix names a snapshot: {body}"
+    );
+    assert_eq!(body, Value::String("own".into()));
+
+    // Refusals: a directory, a climbing path, an unknown snapshot.
+    for (query, expected) in [
+        (
+            format!("latest/file?path={}", source.display()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("latest/file?path={}/../../etc/passwd", source.display()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("latest/entries?path={}/..", source.display()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{}/file?path={}", "f".repeat(64), own.file.display()),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (status, body) = test
+            .call(&member, Method::GET, &format!("{snapshots}/{query}"), None)
+            .await;
+        assert_eq!(status, expected, "{query}: {body}");
+        assert!(body["error"].is_string(), "{query}: {body}");
+    }
+
+    let (_, audit) = test.call(&admin, Method::GET, "/api/v1/audit", None).await;
+    let audit = audit.as_str().unwrap().to_owned();
+    let downloads: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["action"] == "snapshot.download")
+        .collect();
+    assert_eq!(downloads.len(), 2, "{audit}");
+    assert_eq!(downloads[0]["actor"], "user:mia");
+    let detail: Value = serde_json::from_str(downloads[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["bytes"], big.len());
+    assert!(detail["path"].as_str().unwrap().ends_with("sub/big.bin"));
+    assert!(
+        audit
+            .lines()
+            .filter(|l| l.contains("snapshot.browse"))
+            .count()
+            >= 2
+    );
     test.stop().await;
 }
 
