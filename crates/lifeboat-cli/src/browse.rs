@@ -14,21 +14,21 @@ use crate::{GlobalArgs, bytes, open};
 #[derive(Args)]
 pub struct LsArgs {
     /// Snapshot id, unique prefix, or `latest`.
-    snapshot: String,
+    pub(crate) snapshot: String,
     /// Directory or file in the snapshot (default: everything).
     #[arg(default_value = "/")]
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Show mode, owner, size and modification time.
     #[arg(short, long)]
-    long: bool,
+    pub(crate) long: bool,
 }
 
 #[derive(Args)]
 pub struct DumpArgs {
     /// Snapshot id, unique prefix, or `latest`.
-    snapshot: String,
+    pub(crate) snapshot: String,
     /// File in the snapshot, written to standard output.
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 #[derive(Args)]

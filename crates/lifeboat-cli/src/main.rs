@@ -10,6 +10,7 @@ mod config;
 mod password;
 mod pg;
 mod progress;
+mod remote;
 mod server;
 mod sqlite;
 
@@ -71,6 +72,8 @@ struct GlobalArgs {
     /// Configuration file (default: ~/.config/lifeboat/config.toml if it exists).
     #[arg(long, env = "LIFEBOAT_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    remote: remote::ServerArgs,
 }
 
 #[derive(Subcommand)]
@@ -139,6 +142,8 @@ enum Command {
     /// The server's audit log: verify its hash chain, export it.
     #[command(subcommand)]
     Audit(server::AuditCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
     /// Server administration on its state directory (breach response).
     #[command(subcommand)]
     Admin(server::AdminCommand),
@@ -696,6 +701,20 @@ fn source_of(matches: &clap::ArgMatches, id: &str, from_file: bool) -> &'static 
 }
 
 fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
+    if cli.global.remote.server.is_some() {
+        // Against a server, -r names the server's repository: the configuration file's
+        // local repository does not apply.
+        return match &cli.command {
+            Command::Snapshots(filter) => remote::snapshots(&cli.global, filter),
+            Command::Remote(command) => remote::run(&cli.global, command),
+            Command::Ls(args) => remote::ls(&cli.global, args),
+            Command::Dump(args) => remote::dump(&cli.global, args),
+            _ => bail!(
+                "with --server only snapshots, ls, dump, repositories, jobs and runs are available; \
+                 other commands open a repository directly (drop --server)"
+            ),
+        };
+    }
     let (file, file_path) = config::load(cli.global.config.as_deref())?;
     let global = &mut cli.global;
     let repo_from_file = global.repo.is_none() && file.repository.is_some();
@@ -778,8 +797,11 @@ fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             sqlite::run(global, &command, &job)
         }
         Command::Serve(args) => server::serve(&args),
-        Command::Audit(command) => server::audit(&command, global.json),
+        Command::Audit(command) => {
+            server::audit(&command, global.json, global.remote.tenant.as_deref())
+        }
         Command::Admin(command) => server::admin(&command),
+        Command::Remote(command) => remote::run(global, &command),
     }
 }
 
@@ -1810,6 +1832,7 @@ fn other_repository(
         quiet: global.quiet,
         verbose: global.verbose,
         config: global.config.clone(),
+        remote: remote::ServerArgs::default(),
     }
 }
 

@@ -58,9 +58,6 @@ pub enum AuditCommand {
     Export {
         #[command(flatten)]
         dirs: ServerDirArgs,
-        /// Only this tenant's entries.
-        #[arg(long)]
-        tenant: Option<String>,
     },
 }
 
@@ -101,7 +98,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn audit(command: &AuditCommand, json: bool) -> Result<ExitCode> {
+pub fn audit(command: &AuditCommand, json: bool, tenant: Option<&str>) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify(dirs) => {
             let (_, state_dir) = dirs.resolve()?;
@@ -134,13 +131,9 @@ pub fn audit(command: &AuditCommand, json: bool) -> Result<ExitCode> {
                 )
             }
         }
-        AuditCommand::Export { dirs, tenant } => {
+        AuditCommand::Export { dirs } => {
             let (_, state_dir) = dirs.resolve()?;
-            lifeboat_server::offline::export_audit(
-                &state_dir,
-                tenant.as_deref(),
-                std::io::stdout().lock(),
-            )?;
+            lifeboat_server::offline::export_audit(&state_dir, tenant, std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
     }
