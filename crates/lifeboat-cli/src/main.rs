@@ -1222,7 +1222,7 @@ fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<ExitCode> {
     if global.json {
         println!(
             "{}",
-            serde_json::json!({ "snapshot_id": entry.id, "summary": summary })
+            serde_json::json!({ "type": "summary", "snapshot_id": entry.id, "summary": summary })
         );
     } else if !global.quiet {
         println!(

@@ -788,6 +788,7 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
     delta.push("--delta");
     let summary = world.lifeboat_json(&delta);
     assert!(!stray.exists());
+    eprintln!("delta restore over the used copy: {summary}");
     let number = |key: &str| summary[key].as_u64().unwrap_or_else(|| panic!("{summary}"));
     let (files, reused, written) = (
         number("files"),
