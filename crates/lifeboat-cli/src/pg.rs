@@ -150,7 +150,9 @@ pub struct PgRestoreArgs {
     /// Recover everything archived (the default).
     #[arg(long)]
     latest: bool,
-    /// Rewrite a non-empty directory in place (files not in the backup are removed).
+    /// Restore over a non-empty directory: files not in the backup are removed, files that
+    /// already hold the backup's content (compared chunk by chunk) are kept, the others are
+    /// rebuilt from their unchanged chunks plus the repository.
     #[arg(long)]
     delta: bool,
     /// Write standby.signal: the server keeps replaying archived WAL as a warm standby.
@@ -522,6 +524,11 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
                 "backup_stop_lsn": outcome.state.stop_lsn,
                 "files": outcome.summary.files,
                 "bytes": outcome.summary.bytes,
+                "reused_files": outcome.summary.reused_files,
+                "reused_bytes": outcome.summary.reused_bytes,
+                "written_files": outcome.summary.written_files,
+                "written_bytes": outcome.summary.written_bytes,
+                "local_bytes": outcome.summary.local_bytes,
                 "removed": outcome.removed,
                 "to": options.to,
                 "standby": options.standby,
@@ -541,6 +548,13 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
                 (RecoveryTarget::Lsn(l), _) => format!("recover to LSN {l}"),
             }
         );
+        if args.delta {
+            println!(
+                "{}; {} entries the backup lacks removed",
+                crate::delta_line(&outcome.summary),
+                outcome.removed
+            );
+        }
     }
     Ok(if outcome.summary.warnings.is_empty() {
         ExitCode::SUCCESS

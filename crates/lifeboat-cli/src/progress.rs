@@ -116,7 +116,17 @@ pub fn start_restore(progress: Arc<RestoreProgress>, mode: Mode) -> Display {
         mode,
         move |elapsed| {
             let done = progress.bytes_done.load(Ordering::Relaxed);
-            let total = progress.bytes_total.load(Ordering::Relaxed).max(1);
+            let checked = progress.bytes_checked.load(Ordering::Relaxed);
+            let total = progress.bytes_total.load(Ordering::Relaxed);
+            if total == 0 && checked > 0 {
+                // --delta: existing files are being compared; the total comes after.
+                return format!(
+                    "[{:>5.0}s] comparing existing files: {} read",
+                    elapsed.as_secs_f64(),
+                    bytes(checked)
+                );
+            }
+            let total = total.max(1);
             let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
             let eta = (total.saturating_sub(done)) as f64 / rate.max(1.0);
             format!(
@@ -136,6 +146,7 @@ pub fn start_restore(progress: Arc<RestoreProgress>, mode: Mode) -> Display {
                 "bytes_done": p.bytes_done.load(Ordering::Relaxed),
                 "bytes_total": p.bytes_total.load(Ordering::Relaxed),
                 "packs_done": p.packs_done.load(Ordering::Relaxed),
+                "bytes_checked": p.bytes_checked.load(Ordering::Relaxed),
             })
         },
     )

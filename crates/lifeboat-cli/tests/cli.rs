@@ -73,6 +73,41 @@ fn init_backup_snapshots_restore_cat() {
     env.run(&["restore", "latest", "--target", &text_of(&env.path("out"))])
         .failure()
         .stderr(predicate::str::contains("not empty"));
+    // --delta restores over it, keeping what is unchanged and rewriting what is not.
+    let out = env
+        .cmd()
+        .args(["--json", "restore", "latest", "--delta", "--target"])
+        .arg(env.path("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = summary_of(&out.stdout);
+    assert_eq!(restored["summary"]["reused_files"], 6, "{restored}");
+    assert_eq!(restored["summary"]["written_files"], 0, "{restored}");
+    let changed = env
+        .path("out")
+        .join(source.strip_prefix("/").unwrap())
+        .join("f000");
+    let mut bytes = fs::read(&changed).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&changed, bytes).unwrap();
+    env.run(&[
+        "restore",
+        "latest",
+        "--delta",
+        "--target",
+        &text_of(&env.path("out")),
+    ])
+    .success()
+    .stdout(predicate::str::contains("delta: 5 files").and(predicate::str::contains("1 files")));
+    same_files(
+        &source,
+        &env.path("out").join(source.strip_prefix("/").unwrap()),
+    );
     env.run(&[
         "restore",
         "latest",

@@ -761,7 +761,9 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
     });
     assert_eq!(count(&again), Some(30));
 
-    // Restoring over a used directory needs --delta, which removes what the backup lacks.
+    // Restoring over a used directory needs --delta, which removes what the backup lacks,
+    // keeps the files that still hold the backup's bytes and rewrites the others (here the
+    // table the rows below change in place, with the same size).
     insert_rows(&again, 30..40);
     again.stop();
     let dir = again.data.display().to_string();
@@ -784,8 +786,25 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
     fs::write(&stray, "not from the backup").unwrap();
     let mut delta = args.to_vec();
     delta.push("--delta");
-    world.lifeboat_json(&delta);
+    let summary = world.lifeboat_json(&delta);
     assert!(!stray.exists());
+    eprintln!("delta restore over the used copy: {summary}");
+    let number = |key: &str| summary[key].as_u64().unwrap_or_else(|| panic!("{summary}"));
+    let (files, reused, written) = (
+        number("files"),
+        number("reused_files"),
+        number("written_files"),
+    );
+    assert_eq!(reused + written, files, "{summary}");
+    // Recovery, ten inserts and the shutdown checkpoint touch a handful of the cluster's
+    // files; the hundreds of catalog files are kept.
+    assert!(reused * 10 >= files * 8, "most files are kept: {summary}");
+    assert!(written >= 1, "the changed table is rewritten: {summary}");
+    assert!(
+        number("reused_bytes") > number("written_bytes"),
+        "{summary}"
+    );
+    assert!(number("removed") >= 1, "the stray file at least: {summary}");
     let again = again.start_on(free_port());
     wait_until("the delta-restored cluster to promote", || {
         again

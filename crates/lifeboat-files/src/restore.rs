@@ -7,6 +7,20 @@
 //! with positioned writes. A blob shared by many files is read once. Blocks of zeros are not
 //! written, so sparse files stay sparse. Metadata is applied last, directories deepest first,
 //! so that writing into a directory does not disturb its restored times.
+//!
+//! **Delta restore** ([`RestoreOptions::delta`]) reuses what a non-empty target already holds.
+//! After the walk, every existing regular file at a file's place is read and each range the
+//! snapshot's content list describes (blob `i` covers the bytes after blobs `0..i`, with the
+//! length the index records) is hashed with the repository's keyed blob hash: equal ids mean
+//! equal bytes, the same test a blob read from a pack must pass. A file whose every range
+//! matches, at the snapshot's size, is left in place and only its metadata is set. Any other
+//! file is rebuilt in a temporary file next to it (`.lifeboat-tmp-<pid>-<n>`): the matching
+//! ranges are copied from the old file, only the others are read from the repository, and
+//! the temporary file is renamed over the old one once it is complete. A crash therefore
+//! leaves either the old file or the complete new one at each path, never a half-written
+//! file under the final name. Size and modification time alone are not trusted unless
+//! [`RestoreOptions::trust_mtime`] asks for it: databases rewrite pages in place, and tools
+//! preserve times.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -34,6 +48,17 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// Allow a target that already holds files (existing files are replaced).
     pub overwrite: bool,
+    /// Allow a target that already holds files, and keep the existing regular files that
+    /// already hold the snapshot's content (compared chunk by chunk with keyed hashes; see the
+    /// module documentation). Files that differ are rebuilt from their matching chunks plus
+    /// the repository and renamed into place. Entries of other kinds in the way are replaced,
+    /// as with `overwrite`; entries the snapshot lacks are left alone.
+    pub delta: bool,
+    /// With `delta`: take an existing file with the snapshot's size and modification time
+    /// (to the nanosecond) as unchanged without reading it. Faster, but a change that kept
+    /// both (a page rewritten in place within the same timestamp, a tool restoring times) goes
+    /// unnoticed. Off by default.
+    pub trust_mtime: bool,
     /// Threads reading packs; 0 picks a default.
     pub workers: usize,
 }
@@ -41,26 +66,41 @@ pub struct RestoreOptions {
 /// Live counters for progress display.
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
-    /// Bytes of file content the restore will write in total (known after planning).
+    /// Bytes of file content the restore will read from the repository in total (known after
+    /// planning; with `delta`, after the existing files are compared).
     pub bytes_total: AtomicU64,
     /// Bytes of file content written so far.
     pub bytes_done: AtomicU64,
     /// Packs finished.
     pub packs_done: AtomicU64,
+    /// With `delta`: bytes of existing files compared so far.
+    pub bytes_checked: AtomicU64,
 }
 
 /// What a restore did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreSummary {
-    /// Regular files restored.
+    /// Regular files restored (written or reused).
     pub files: u64,
+    /// With `delta`: regular files that already held the snapshot's content and were kept
+    /// (only their metadata was set). Included in `files`.
+    pub reused_files: u64,
+    /// Bytes of the reused files. Included in `bytes`.
+    pub reused_bytes: u64,
+    /// Regular files written (new, or rebuilt because they differed).
+    pub written_files: u64,
+    /// Bytes of the written files. Included in `bytes`.
+    pub written_bytes: u64,
+    /// With `delta`: bytes of written files copied from the matching chunks of the file
+    /// they replaced instead of read from the repository. Included in `written_bytes`.
+    pub local_bytes: u64,
     /// Directories restored.
     pub dirs: u64,
     /// Symlinks, devices, pipes restored.
     pub others: u64,
     /// Hard links recreated.
     pub hardlinks: u64,
-    /// Bytes of file content.
+    /// Bytes of file content (written or reused).
     pub bytes: u64,
     /// Blobs read and verified.
     pub blobs_read: u64,
@@ -71,7 +111,14 @@ pub struct RestoreSummary {
 
 struct TargetFile {
     path: PathBuf,
+    /// With `delta`: the temporary file the content is written to, renamed to `path` once
+    /// complete.
+    temp: Option<PathBuf>,
     node: Node,
+    /// With `delta`: the existing file already holds the content; nothing is written.
+    reused: bool,
+    /// With `delta`: bytes copied from the existing file's matching chunks.
+    local_bytes: u64,
     /// Set by the first writer: the problems met setting metadata, or why creation failed.
     created: OnceLock<std::io::Result<Vec<String>>>,
     failed: Mutex<Option<String>>,
@@ -94,7 +141,7 @@ impl TargetFile {
                 .create(true)
                 .truncate(true)
                 .mode(self.node.mode & 0o777)
-                .open(&self.path)?;
+                .open(self.write_path())?;
             // The final length up front: holes at the end exist without a write.
             file.set_len(self.node.size)?;
             let problems = apply_to_new_file(&file, &self.node, host);
@@ -104,8 +151,13 @@ impl TargetFile {
         match (created, fresh) {
             (Err(e), _) => Err(std::io::Error::new(e.kind(), e.to_string())),
             (Ok(_), Some(file)) => Ok(file),
-            (Ok(_), None) => OpenOptions::new().write(true).open(&self.path),
+            (Ok(_), None) => OpenOptions::new().write(true).open(self.write_path()),
         }
+    }
+
+    /// Where the content is written.
+    fn write_path(&self) -> &Path {
+        self.temp.as_deref().unwrap_or(&self.path)
     }
 }
 
@@ -174,6 +226,9 @@ impl Includes {
 struct Planner<'a> {
     repo: &'a IndexedRepository,
     overwrite: bool,
+    delta: bool,
+    /// With `delta`: files whose place holds a regular file, to compare after the walk.
+    candidates: Vec<(u32, std::fs::Metadata)>,
     target: &'a Path,
     includes: Includes,
     plan: Plan,
@@ -190,11 +245,15 @@ impl Planner<'_> {
     }
 
     /// Creates the directories leading to `dir` that the include filter skipped so far.
+    /// With `overwrite` or `delta`, a non-directory in the way (a file, a symlink) is removed
+    /// first, so nothing is restored through a symlink left in the target.
     fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(meta) if self.overwrite || self.delta => remove_entry(dir, &meta)?,
+            _ => {}
         }
-        Ok(())
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
     }
 
     /// Walks one tree. `included` is true when an ancestor matched the include filter.
@@ -252,12 +311,20 @@ impl Planner<'_> {
     }
 
     fn leaf(&mut self, node: Node, path: PathBuf) -> Result<()> {
-        // Without --overwrite the target was empty, so there is nothing in the way.
-        if self.overwrite {
-            remove_existing(&path)?;
+        // Without --overwrite or --delta the target was empty, so there is nothing in the way.
+        let mut existing = None;
+        if (self.overwrite || self.delta)
+            && let Ok(meta) = std::fs::symlink_metadata(&path)
+        {
+            if self.delta && node.kind == NodeKind::File && meta.is_file() {
+                // Compared after the walk, and replaced by a rename if it differs.
+                existing = Some(meta);
+            } else {
+                remove_entry(&path, &meta)?;
+            }
         }
         match node.kind {
-            NodeKind::File => self.file(node, path),
+            NodeKind::File => self.file(node, path, existing),
             NodeKind::Symlink => {
                 let target = OsStr::from_bytes(node.target.as_ref().map_or(&[][..], |t| &t.0[..]));
                 if let Err(e) = std::os::unix::fs::symlink(target, &path) {
@@ -294,10 +361,18 @@ impl Planner<'_> {
         }
     }
 
-    fn file(&mut self, node: Node, path: PathBuf) -> Result<()> {
+    fn file(
+        &mut self,
+        node: Node,
+        path: PathBuf,
+        existing: Option<std::fs::Metadata>,
+    ) -> Result<()> {
         if node.links > 1
             && let Some(&first) = self.links.get(&(node.device, node.inode))
         {
+            if existing.is_some() {
+                std::fs::remove_file(&path).map_err(|e| Error::io("replace", &path, e))?;
+            }
             self.plan.hardlinks.push((path, first));
             return Ok(());
         }
@@ -305,33 +380,46 @@ impl Planner<'_> {
         if node.links > 1 {
             self.links.insert((node.device, node.inode), index);
         }
-        let mut offset = 0u64;
-        for id in &node.content {
-            let Some(location) = self.repo.index().get(id) else {
-                self.warn(
-                    &path,
-                    format!("blob {id} is missing from the repository; the file is incomplete"),
-                );
-                offset = u64::MAX;
-                break;
-            };
-            self.blob_places.entry(*id).or_default().push(Place {
-                file: index,
-                offset,
-            });
-            offset += u64::from(location.raw_len);
-        }
-        if offset != u64::MAX {
-            self.plan.bytes += offset;
-        }
-        let blobs = if offset == u64::MAX {
+        let missing = node
+            .content
+            .iter()
+            .find(|id| self.repo.index().get(id).is_none());
+        let blobs = if let Some(id) = missing {
+            self.warn(
+                &path,
+                format!("blob {id} is missing from the repository; the file is incomplete"),
+            );
+            // Never finished through a handle; written as far as the blobs go.
+            let mut offset = 0u64;
+            for id in &node.content {
+                let Some(location) = self.repo.index().get(id) else {
+                    break;
+                };
+                self.blob_places.entry(*id).or_default().push(Place {
+                    file: index,
+                    offset,
+                });
+                offset += u64::from(location.raw_len);
+            }
             u32::MAX
+        } else if let Some(meta) = existing {
+            // Places are added once the comparison says which chunks are needed.
+            self.candidates.push((index, meta));
+            0
         } else {
+            self.plan.bytes += self.place_blobs(index, &node, None);
             node.content.len() as u32
         };
+        let temp = self.delta.then(|| {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            dir.join(format!(".lifeboat-tmp-{}-{index}", std::process::id()))
+        });
         self.plan.files.push(TargetFile {
             path,
+            temp,
             node,
+            reused: false,
+            local_bytes: 0,
             created: OnceLock::new(),
             failed: Mutex::new(None),
             remaining: AtomicU32::new(blobs),
@@ -339,6 +427,70 @@ impl Planner<'_> {
             notes: Mutex::new(Vec::new()),
         });
         Ok(())
+    }
+
+    /// Adds the places of file `index`'s blobs (skipping those `skip` marks); returns their
+    /// bytes. All blobs are in the index.
+    fn place_blobs(&mut self, index: u32, node: &Node, skip: Option<&[bool]>) -> u64 {
+        let mut offset = 0u64;
+        let mut needed = 0u64;
+        for (i, id) in node.content.iter().enumerate() {
+            let len = u64::from(self.repo.index().get(id).expect("checked").raw_len);
+            if !skip.is_some_and(|s| s[i]) {
+                self.blob_places.entry(*id).or_default().push(Place {
+                    file: index,
+                    offset,
+                });
+                needed += len;
+            }
+            offset += len;
+        }
+        needed
+    }
+
+    /// With `delta`: compares the existing files with the snapshot (on `workers` threads)
+    /// and plans what is still needed.
+    fn compare_existing(
+        &mut self,
+        host: &Host,
+        workers: usize,
+        trust_mtime: bool,
+        progress: &RestoreProgress,
+    ) {
+        let candidates = std::mem::take(&mut self.candidates);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Comparison>>> =
+            candidates.iter().map(|_| Mutex::new(None)).collect();
+        let (repo, files) = (self.repo, &self.plan.files);
+        std::thread::scope(|scope| {
+            for _ in 0..workers.min(candidates.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((index, meta)) = candidates.get(i) else {
+                            break;
+                        };
+                        let file = &files[*index as usize];
+                        let outcome = compare(repo, host, file, meta, trust_mtime, progress);
+                        *results[i].lock() = Some(outcome);
+                    }
+                });
+            }
+        });
+        for ((index, _), result) in candidates.iter().zip(results) {
+            let comparison = result.into_inner().expect("every candidate is compared");
+            let node = self.plan.files[*index as usize].node.clone();
+            let file = &mut self.plan.files[*index as usize];
+            match comparison {
+                Comparison::Same => file.reused = true,
+                Comparison::Differs { matched, local } => {
+                    file.local_bytes = local;
+                    let needed = matched.iter().filter(|m| !**m).count() as u32;
+                    *file.remaining.get_mut() = needed;
+                    self.plan.bytes += self.place_blobs(*index, &node, Some(&matched));
+                }
+            }
+        }
     }
 
     fn finish(mut self) -> Plan {
@@ -360,14 +512,115 @@ impl Planner<'_> {
     }
 }
 
-fn remove_existing(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            std::fs::remove_dir_all(path).map_err(|e| Error::io("replace", path, e))
-        }
-        Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io("replace", path, e)),
-        Err(_) => Ok(()),
+fn remove_entry(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_dir() {
+        std::fs::remove_dir_all(path).map_err(|e| Error::io("replace", path, e))
+    } else {
+        std::fs::remove_file(path).map_err(|e| Error::io("replace", path, e))
     }
+}
+
+/// What an existing file holds compared with the snapshot's content list.
+enum Comparison {
+    /// Exactly the snapshot's content.
+    Same,
+    /// Something else. `matched[i]` is set when blob `i`'s range was copied from the old file
+    /// into the file's temporary file (`local` bytes in all).
+    Differs { matched: Vec<bool>, local: u64 },
+}
+
+/// Compares the regular file at `file.path` with `file.node`'s content, range by range with
+/// the repository's keyed blob hash. When it differs, copies the matching ranges into the
+/// file's temporary file (created here), so only the others need to be fetched.
+fn compare(
+    repo: &IndexedRepository,
+    host: &Host,
+    file: &TargetFile,
+    meta: &std::fs::Metadata,
+    trust_mtime: bool,
+    progress: &RestoreProgress,
+) -> Comparison {
+    use std::os::unix::fs::MetadataExt;
+    let node = &file.node;
+    let nothing = || Comparison::Differs {
+        matched: vec![false; node.content.len()],
+        local: 0,
+    };
+    if trust_mtime
+        && meta.len() == node.size
+        && meta.mtime() == node.mtime.sec
+        && meta.mtime_nsec() == i64::from(node.mtime.nsec)
+    {
+        return Comparison::Same;
+    }
+    let Ok(old) = File::open(&file.path) else {
+        return nothing();
+    };
+    let Ok(len) = old.metadata().map(|m| m.len()) else {
+        return nothing();
+    };
+    let mut ranges = Vec::with_capacity(node.content.len());
+    let mut offset = 0u64;
+    for id in &node.content {
+        let raw = u64::from(repo.index().get(id).expect("checked").raw_len);
+        ranges.push((offset, raw));
+        offset += raw;
+    }
+    let mut buffer = Vec::new();
+    let mut matched = Vec::with_capacity(ranges.len());
+    for (id, &(offset, raw)) in node.content.iter().zip(&ranges) {
+        let same = read_range(&old, len, &mut buffer, offset, raw)
+            .is_some_and(|data| repo.key().blob_id(data) == *id);
+        progress.bytes_checked.fetch_add(raw, Ordering::Relaxed);
+        matched.push(same);
+    }
+    if len == node.size && matched.iter().all(|m| *m) {
+        return Comparison::Same;
+    }
+    if !matched.iter().any(|m| *m) {
+        return nothing();
+    }
+    // Copy the matching ranges into the new file, read and checked again (the page cache
+    // has them; checking again guards against a file changed since the first read). A range
+    // that cannot be copied is fetched instead; the file's creation error, if any, surfaces
+    // when the restore finishes it.
+    let Ok(new) = file.open(host) else {
+        return nothing();
+    };
+    let mut local = 0;
+    for ((same, &(offset, raw)), id) in matched.iter_mut().zip(&ranges).zip(&node.content) {
+        if !*same {
+            continue;
+        }
+        let copied = match read_range(&old, len, &mut buffer, offset, raw) {
+            Some(data) if repo.key().blob_id(data) == *id => {
+                write_sparse(&new, data, offset).is_ok()
+            }
+            _ => false,
+        };
+        if copied {
+            local += raw;
+        } else {
+            *same = false;
+        }
+    }
+    Comparison::Differs { matched, local }
+}
+
+/// Reads `raw` bytes at `offset` of a file `len` bytes long; `None` past its end or on error.
+fn read_range<'b>(
+    file: &File,
+    len: u64,
+    buffer: &'b mut Vec<u8>,
+    offset: u64,
+    raw: u64,
+) -> Option<&'b [u8]> {
+    if offset + raw > len {
+        return None;
+    }
+    buffer.resize(raw as usize, 0);
+    file.read_exact_at(buffer, offset).ok()?;
+    Some(&buffer[..])
 }
 
 /// Reads close together are merged: one request for up to this much unneeded data in between
@@ -543,13 +796,22 @@ pub fn restore(
     options: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreSummary> {
-    if !options.overwrite && !is_empty_dir(target)? {
+    if !options.overwrite && !options.delta && !is_empty_dir(target)? {
         return Err(Error::TargetNotEmpty(target.to_path_buf()));
     }
     std::fs::create_dir_all(target).map_err(|e| Error::io("create restore target", target, e))?;
+    let workers = if options.workers == 0 {
+        4
+    } else {
+        options.workers
+    };
+    let host = Host::current();
+    let as_root = host.root;
     let mut planner = Planner {
         repo,
         overwrite: options.overwrite,
+        delta: options.delta,
+        candidates: Vec::new(),
         target,
         includes: Includes::new(&options.include)?,
         plan: Plan {
@@ -566,11 +828,10 @@ pub fn restore(
     };
     let root_target = planner.target.to_path_buf();
     planner.walk(&snapshot.tree, Path::new("/"), &root_target, false)?;
+    planner.compare_existing(&host, workers, options.trust_mtime, progress);
     let mut plan = planner.finish();
     progress.bytes_total.store(plan.bytes, Ordering::Relaxed);
 
-    let host = Host::current();
-    let as_root = host.root;
     let executor = Executor {
         repo,
         host: &host,
@@ -581,11 +842,6 @@ pub fn restore(
     let mut packs: Vec<(u32, Vec<BlobNeed>)> = plan.by_pack.drain().collect();
     packs.sort_by_key(|(pack, _)| *pack);
     let queue = Mutex::new(packs);
-    let workers = if options.workers == 0 {
-        4
-    } else {
-        options.workers
-    };
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
@@ -605,6 +861,14 @@ pub fn restore(
         ..Default::default()
     };
     for file in &plan.files {
+        if file.reused {
+            summary.files += 1;
+            summary.bytes += file.node.size;
+            summary.reused_files += 1;
+            summary.reused_bytes += file.node.size;
+            summary.note(&file.path, apply_metadata(&file.path, &file.node, as_root));
+            continue;
+        }
         // Files of holes only (and empty files) had no write to create them.
         if file.created.get().is_none()
             && let Err(e) = file.open(&host)
@@ -613,12 +877,34 @@ pub fn restore(
                 .lock()
                 .get_or_insert_with(|| format!("cannot create: {e}"));
         }
+        if let Some(Err(e)) = file.created.get() {
+            file.failed
+                .lock()
+                .get_or_insert_with(|| format!("cannot create: {e}"));
+        }
         if let Some(message) = file.failed.lock().take() {
+            // An existing file stays as it was rather than being replaced by a partial one.
+            if let Some(temp) = &file.temp {
+                let _ = std::fs::remove_file(temp);
+            }
             summary.note(&file.path, [message]);
+            continue;
+        }
+        if let Some(temp) = &file.temp
+            && let Err(e) = std::fs::rename(temp, &file.path)
+        {
+            let _ = std::fs::remove_file(temp);
+            summary.note(
+                &file.path,
+                [format!("cannot move {} into place: {e}", temp.display())],
+            );
             continue;
         }
         summary.files += 1;
         summary.bytes += file.node.size;
+        summary.written_files += 1;
+        summary.written_bytes += file.node.size;
+        summary.local_bytes += file.local_bytes;
         let created = file.created.get().and_then(|c| c.as_ref().ok());
         summary.note(&file.path, created.into_iter().flatten().cloned());
         if file.finished.load(Ordering::Acquire) {

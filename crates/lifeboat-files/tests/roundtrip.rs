@@ -358,3 +358,253 @@ fn one_file_system_stops_at_mount_points() {
         assert_eq!(root.join("mnt/elsewhere").exists(), expect_elsewhere);
     }
 }
+
+fn restore_with(
+    repo: &IndexedRepository,
+    outcome: &lifeboat_files::BackupOutcome,
+    target: &Path,
+    options: &RestoreOptions,
+) -> lifeboat_files::RestoreSummary {
+    restore(
+        repo,
+        &outcome.snapshot,
+        target,
+        options,
+        &RestoreProgress::default(),
+    )
+    .unwrap()
+}
+
+fn delta() -> RestoreOptions {
+    RestoreOptions {
+        delta: true,
+        ..Default::default()
+    }
+}
+
+/// Temporary files of a delta restore left anywhere below `dir`.
+fn leftover_temps(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(leftover_temps(&entry.path()));
+        } else if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".lifeboat-tmp-")
+        {
+            out.push(entry.path());
+        }
+    }
+    out
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut bytes = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rng, &mut bytes);
+    bytes
+}
+
+fn set_mtime_of(path: &Path, like: &fs::Metadata) {
+    let t = filetime::FileTime::from_last_modification_time(like);
+    filetime::set_file_times(path, t, t).unwrap();
+}
+
+#[test]
+fn delta_restore_over_an_identical_tree_reuses_every_file_and_reads_no_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    fs::create_dir(&source).unwrap();
+    random_tree(&source, 11);
+    fs::write(source.join("big"), random_bytes(400_000, 1)).unwrap();
+    let mut repo = small_repo(Storage::memory().unwrap());
+    let outcome = backup_of(&mut repo, &options(&source));
+    let target = dir.path().join("target");
+    let first = restore_all(&repo, &outcome, &target);
+    let root = restored_path(&target, &source);
+    // Metadata drift on an unchanged file is fixed without rewriting it.
+    let big = root.join("big");
+    fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    filetime::set_file_mtime(&big, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
+    let inode = fs::metadata(&big).unwrap().ino();
+
+    let summary = restore_with(&repo, &outcome, &target, &delta());
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    assert_eq!(summary.files, first.files);
+    assert_eq!(summary.reused_files, summary.files, "{summary:?}");
+    assert_eq!(summary.reused_bytes, first.bytes);
+    assert_eq!((summary.written_files, summary.written_bytes), (0, 0));
+    assert_eq!(summary.blobs_read, 0);
+    assert_eq!(fs::metadata(&big).unwrap().ino(), inode, "kept in place");
+    assert_same_tree(&source, &root);
+    assert!(leftover_temps(&target).is_empty());
+}
+
+#[test]
+fn delta_restore_rewrites_files_whose_bytes_differ_even_with_the_same_size_and_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    fs::create_dir(&source).unwrap();
+    let names = [
+        "same",
+        "middle",
+        "truncated",
+        "extended",
+        "dir-in-way",
+        "gone",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(source.join(name), random_bytes(300_000, i as u64)).unwrap();
+    }
+    let mut repo = small_repo(Storage::memory().unwrap());
+    let outcome = backup_of(&mut repo, &options(&source));
+    let target = dir.path().join("target");
+    restore_all(&repo, &outcome, &target);
+    let root = restored_path(&target, &source);
+    let all_blobs = restore_with(
+        &repo,
+        &outcome,
+        &dir.path().join("scratch"),
+        &RestoreOptions::default(),
+    )
+    .blobs_read;
+
+    // A page rewritten in place, with size and mtime put back as they were.
+    let middle = root.join("middle");
+    let before = fs::metadata(&middle).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&middle).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xAB; 100], 150_000).unwrap();
+    drop(file);
+    set_mtime_of(&middle, &before);
+    let after = fs::metadata(&middle).unwrap();
+    assert_eq!(
+        (after.len(), after.mtime(), after.mtime_nsec()),
+        (before.len(), before.mtime(), before.mtime_nsec())
+    );
+    let truncated = root.join("truncated");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(200_000)
+        .unwrap();
+    let extended = root.join("extended");
+    let mut bytes = fs::read(&extended).unwrap();
+    bytes.extend_from_slice(b"appended");
+    fs::write(&extended, bytes).unwrap();
+    fs::remove_file(root.join("dir-in-way")).unwrap();
+    fs::create_dir_all(root.join("dir-in-way/inner")).unwrap();
+    fs::remove_file(root.join("gone")).unwrap();
+    fs::write(root.join("extra"), b"not in the snapshot").unwrap();
+
+    // With size and mtime trusted, the page rewritten in place goes unnoticed: that is why
+    // the shortcut is opt-in.
+    let trusting = RestoreOptions {
+        trust_mtime: true,
+        ..delta()
+    };
+    let scratch = dir.path().join("trusting");
+    restore_all(&repo, &outcome, &scratch);
+    let scratch_middle = restored_path(&scratch, &source).join("middle");
+    fs::copy(&middle, &scratch_middle).unwrap();
+    set_mtime_of(&scratch_middle, &before);
+    let trusted = restore_with(&repo, &outcome, &scratch, &trusting);
+    assert_eq!(trusted.reused_files, names.len() as u64);
+    assert_ne!(
+        fs::read(&scratch_middle).unwrap(),
+        fs::read(source.join("middle")).unwrap()
+    );
+
+    let summary = restore_with(&repo, &outcome, &target, &delta());
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    assert_eq!(summary.files, names.len() as u64);
+    assert_eq!(summary.reused_files, 1, "{summary:?}");
+    assert_eq!(summary.reused_bytes, 300_000);
+    assert_eq!(summary.written_files, 5);
+    assert_eq!(summary.written_bytes, 5 * 300_000);
+    // middle (all but the changed chunks) and truncated (its first two thirds) are rebuilt
+    // mostly from their old bytes; extended from all of them.
+    assert!(
+        summary.local_bytes > 550_000 && summary.local_bytes <= 800_000,
+        "{summary:?}"
+    );
+    // dir-in-way and gone are read whole, the others only where they differ.
+    assert!(
+        summary.blobs_read > 0 && summary.blobs_read < all_blobs * 2 / 3,
+        "{} of {all_blobs} blobs read",
+        summary.blobs_read
+    );
+    for name in names {
+        let restored = root.join(name);
+        assert_eq!(
+            fs::read(&restored).unwrap(),
+            fs::read(source.join(name)).unwrap(),
+            "{name}"
+        );
+        let (a, b) = (
+            fs::metadata(source.join(name)).unwrap(),
+            fs::metadata(&restored).unwrap(),
+        );
+        assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
+        assert_eq!(a.mode(), b.mode());
+    }
+    assert_eq!(
+        fs::read(root.join("extra")).unwrap(),
+        b"not in the snapshot"
+    );
+    assert!(leftover_temps(&target).is_empty());
+}
+
+#[test]
+fn delta_restore_that_cannot_read_a_blob_leaves_the_old_file_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("data"), random_bytes(300_000, 5)).unwrap();
+    fs::write(source.join("other"), random_bytes(100_000, 6)).unwrap();
+    let repo_dir = dir.path().join("repo");
+    let mut repo = small_repo(Storage::local_create(&repo_dir).unwrap());
+    let outcome = backup_of(&mut repo, &options(&source));
+    let target = dir.path().join("target");
+    restore_all(&repo, &outcome, &target);
+    let root = restored_path(&target, &source);
+    let data = root.join("data");
+    let file = fs::OpenOptions::new().write(true).open(&data).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"changed", 10).unwrap();
+    drop(file);
+    let changed = fs::read(&data).unwrap();
+
+    // Damage the blob holding the changed bytes.
+    let tree = {
+        let mut tree = repo.read_tree(&outcome.snapshot.tree).unwrap();
+        for part in source.strip_prefix("/").unwrap().components() {
+            let node = tree
+                .find(part.as_os_str().as_encoded_bytes())
+                .unwrap()
+                .clone();
+            tree = repo.read_tree(&node.subtree.unwrap()).unwrap();
+        }
+        tree
+    };
+    let first = tree.find(b"data").unwrap().content[0];
+    let location = repo.index().get(&first).unwrap();
+    let pack_id = repo.index().pack(location).id.to_hex();
+    let pack = repo_dir.join("data").join(&pack_id[..2]).join(&pack_id);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[location.offset as usize + 5] ^= 0x40;
+    fs::write(&pack, bytes).unwrap();
+
+    let summary = restore_with(&reopen(&repo), &outcome, &target, &delta());
+    assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+    assert_eq!(summary.warnings[0].path, data);
+    assert_eq!(summary.reused_files, 1);
+    assert_eq!(summary.written_files, 0);
+    assert_eq!(
+        fs::read(&data).unwrap(),
+        changed,
+        "the old file stays whole"
+    );
+    assert!(leftover_temps(&target).is_empty());
+}

@@ -36,7 +36,9 @@ pub struct PgRestoreOptions {
     pub target: RecoveryTarget,
     /// The data directory to write.
     pub to: PathBuf,
-    /// Allow a non-empty directory: files not in the backup are removed, the others rewritten.
+    /// Allow a non-empty directory: files not in the backup are removed, files that already
+    /// hold the backup's content are kept, the others rebuilt (see
+    /// [`lifeboat_files::RestoreOptions::delta`]).
     pub delta: bool,
     /// Write `standby.signal`: the server keeps replaying archived WAL instead of promoting.
     pub standby: bool,
@@ -169,8 +171,8 @@ pub fn restore(
     if not_empty {
         if !options.delta {
             return Err(Error::Unusable(format!(
-                "{} is not empty: restore into an empty directory, or pass --delta to rewrite it \
-                 in place",
+                "{} is not empty: restore into an empty directory, or pass --delta to restore \
+                 over it (keeping the files that are unchanged)",
                 to.display()
             )));
         }
@@ -188,7 +190,7 @@ pub fn restore(
         &data_snapshot,
         to,
         &RestoreOptions {
-            overwrite: options.delta,
+            delta: options.delta,
             workers: options.workers,
             ..Default::default()
         },
