@@ -50,6 +50,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod offline;
 pub mod password;
+pub mod replication;
 pub mod routes;
 pub mod scheduler;
 pub mod secrets;
