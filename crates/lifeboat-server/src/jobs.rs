@@ -5,7 +5,10 @@
 //! key ([`crate::secrets`]), bound to the repository's id.
 //!
 //! A run calls the library crates (`lifeboat_files::backup`, `lifeboat_repo::check`,
-//! retention) on a blocking thread; it never shells out.
+//! retention, `lifeboat_postgres::base_backup`) on a blocking thread; it never shells out
+//! (a PostgreSQL base backup talks to the server through `psql`, as the library does).
+//! A `sqlite-replicate` job is continuous: it has no schedule and no runs of this kind; the
+//! supervisor in [`crate::replication`] keeps it running.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use crate::secrets::Sealer;
 
 /// What a job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     /// Back up files ([`BackupOptions`]).
     Backup,
@@ -37,6 +40,11 @@ pub enum JobKind {
     Copy,
     /// Free unused space, two-phase and without stopping backups ([`PruneJobOptions`]).
     Prune,
+    /// A PostgreSQL base backup ([`PgBackupOptions`]).
+    PgBackup,
+    /// Continuous replication of a SQLite database ([`SqliteReplicateOptions`]): not
+    /// scheduled but kept running by [`crate::replication`].
+    SqliteReplicate,
 }
 
 impl JobKind {
@@ -48,7 +56,14 @@ impl JobKind {
             JobKind::Forget => "forget",
             JobKind::Copy => "copy",
             JobKind::Prune => "prune",
+            JobKind::PgBackup => "pg-backup",
+            JobKind::SqliteReplicate => "sqlite-replicate",
         }
+    }
+
+    /// True for a job that runs all the time instead of on a schedule.
+    pub fn is_continuous(self) -> bool {
+        self == JobKind::SqliteReplicate
     }
 
     /// Parses a stored name.
@@ -59,8 +74,10 @@ impl JobKind {
             "forget" => Ok(JobKind::Forget),
             "copy" => Ok(JobKind::Copy),
             "prune" => Ok(JobKind::Prune),
+            "pg-backup" => Ok(JobKind::PgBackup),
+            "sqlite-replicate" => Ok(JobKind::SqliteReplicate),
             other => Err(Error::Invalid(format!(
-                "unknown job kind {other:?}: use backup, check, forget, copy or prune (sqlite and pg jobs arrive with their features)"
+                "unknown job kind {other:?}: use backup, check, forget, copy, prune, pg-backup or sqlite-replicate"
             ))),
         }
     }
@@ -126,6 +143,86 @@ pub struct PruneJobOptions {
     /// Seconds marked packs wait before a later run deletes them (default 3600, at least 10).
     #[serde(default = "default_grace_secs")]
     pub grace_secs: u64,
+}
+
+/// Options of a pg-backup job: what `lifeboat pg base-backup` takes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgBackupOptions {
+    /// libpq connection string or URI (`host=/run/postgresql dbname=postgres`); empty or
+    /// absent: libpq's defaults and the server process's PG* variables.
+    #[serde(default)]
+    pub connect: Option<String>,
+    /// The psql program (absolute; default `psql` from `PATH`). Admins only: it is a program
+    /// the server runs.
+    #[serde(default)]
+    pub psql: Option<PathBuf>,
+    /// The data directory as the Lifeboat server sees it (absolute; default: the
+    /// PostgreSQL server's `data_directory`). Operators must give it, below
+    /// `jobs.backup_roots`.
+    #[serde(default)]
+    pub pgdata: Option<PathBuf>,
+    /// Snapshot tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Options of a sqlite-replicate job: what `lifeboat sqlite replicate` takes, for one
+/// database into the job's repository.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteReplicateOptions {
+    /// The database file (absolute; in WAL mode).
+    pub database: PathBuf,
+    /// How often new transactions are shipped, in milliseconds (default 1000).
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// How often a whole-database snapshot is taken, in seconds (default 3600).
+    #[serde(default = "default_snapshot_interval_secs")]
+    pub snapshot_interval_secs: u64,
+    /// Checkpoint (PASSIVE) once the WAL holds this many frames (default 1000).
+    #[serde(default = "default_checkpoint_frames")]
+    pub checkpoint_frames: u64,
+    /// MiB of WAL held on local disk for a repository that does not answer, before it is
+    /// released and later resyncs with a new generation (default 1024; 0: no limit).
+    #[serde(default = "default_max_lag_mib")]
+    pub max_lag_mib: u64,
+    /// Directory for the temporary copy a snapshot is read from (absolute).
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Snapshot tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_snapshot_interval_secs() -> u64 {
+    3600
+}
+fn default_checkpoint_frames() -> u64 {
+    1000
+}
+fn default_max_lag_mib() -> u64 {
+    1024
+}
+
+impl SqliteReplicateOptions {
+    /// The library's options.
+    pub fn replicate_options(&self) -> lifeboat_sqlite::ReplicateOptions {
+        lifeboat_sqlite::ReplicateOptions {
+            interval: std::time::Duration::from_millis(self.interval_ms),
+            snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_secs),
+            checkpoint_frames: self.checkpoint_frames,
+            max_lag_bytes: (self.max_lag_mib > 0).then_some(self.max_lag_mib << 20),
+            spool_dir: self.spool_dir.clone(),
+            hostname: gethostname(),
+            username: "lifeboat-server".into(),
+            tags: self.tags.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 fn default_max_unused_percent() -> f64 {
@@ -203,6 +300,84 @@ pub fn validate_options(kind: JobKind, options: &serde_json::Value) -> Result<()
                 return Err(Error::Invalid("max_unused_percent is 0 or more".into()));
             }
         }
+        JobKind::PgBackup => {
+            let o: PgBackupOptions = serde_json::from_value(options.clone()).map_err(bad)?;
+            for (name, path) in [("pgdata", &o.pgdata), ("psql", &o.psql)] {
+                if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                    return Err(Error::Invalid(format!(
+                        "{name} of a pg-backup job is an absolute path on the server"
+                    )));
+                }
+            }
+        }
+        JobKind::SqliteReplicate => {
+            let o: SqliteReplicateOptions = serde_json::from_value(options.clone()).map_err(bad)?;
+            if !o.database.is_absolute() {
+                return Err(Error::Invalid(
+                    "a sqlite-replicate job needs `database`: an absolute path on the server"
+                        .into(),
+                ));
+            }
+            if o.spool_dir.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(Error::Invalid(
+                    "spool_dir is an absolute path on the server".into(),
+                ));
+            }
+            if !(10..=3_600_000).contains(&o.interval_ms) {
+                return Err(Error::Invalid(
+                    "interval_ms is 10 to 3600000 (one hour)".into(),
+                ));
+            }
+            if o.snapshot_interval_secs < 1 || o.checkpoint_frames < 1 {
+                return Err(Error::Invalid(
+                    "snapshot_interval_secs and checkpoint_frames are at least 1".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What an operator (not an admin) may not configure: every path a job reads lies below
+/// `backup_roots`, and no job names a program for the server to run. `Err` says why.
+pub fn operator_limits(
+    kind: JobKind,
+    options: &serde_json::Value,
+    backup_roots: &[PathBuf],
+) -> std::result::Result<(), String> {
+    let within =
+        |paths: &[PathBuf]| !paths.is_empty() && paths.iter().all(|p| path_within(p, backup_roots));
+    let path = |name: &str| options[name].as_str().map(PathBuf::from);
+    match kind {
+        JobKind::Backup => {
+            let paths: Vec<PathBuf> = options["paths"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|v| v.as_str().map(Into::into))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !within(&paths) {
+                return Err("operators' backup jobs may read only below the server's jobs.backup_roots; ask an admin".into());
+            }
+        }
+        JobKind::PgBackup => {
+            if !options["psql"].is_null() {
+                return Err("only admins choose the psql program a pg-backup job runs".into());
+            }
+            if !within(&path("pgdata").into_iter().collect::<Vec<_>>()) {
+                return Err("operators' pg-backup jobs name their `pgdata`, below the server's jobs.backup_roots; ask an admin".into());
+            }
+        }
+        JobKind::SqliteReplicate => {
+            let mut paths: Vec<PathBuf> = path("database").into_iter().collect();
+            paths.extend(path("spool_dir"));
+            if !within(&paths) || (paths.len() == 1 && !options["spool_dir"].is_null()) {
+                return Err("operators' sqlite-replicate jobs may use only paths below the server's jobs.backup_roots; ask an admin".into());
+            }
+        }
+        JobKind::Check | JobKind::Forget | JobKind::Copy | JobKind::Prune => {}
     }
     Ok(())
 }
@@ -462,7 +637,7 @@ pub struct JobInfo {
     pub name: String,
     /// Kind.
     pub kind: JobKind,
-    /// Cron schedule (5 fields, or 6 with seconds first).
+    /// Cron schedule (5 fields, or 6 with seconds first); [`CONTINUOUS`] for a continuous job.
     pub schedule: String,
     /// Kind-specific options.
     pub options: serde_json::Value,
@@ -476,6 +651,8 @@ pub struct JobInfo {
     pub next_run_at: Option<i64>,
     /// Alert when no run succeeded for this many seconds.
     pub stale_after_secs: Option<i64>,
+    /// Alert when replication is more than this many seconds behind (continuous jobs).
+    pub lag_alert_secs: Option<i64>,
     /// Created, ms since the epoch.
     pub created_at: i64,
 }
@@ -490,6 +667,9 @@ pub struct JobDetail {
     pub running: bool,
 }
 
+/// The schedule of a continuous job.
+pub const CONTINUOUS: &str = "@continuous";
+
 /// What creating a job needs.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -500,7 +680,8 @@ pub struct NewJob {
     pub kind: JobKind,
     /// Repository id (of the same tenant).
     pub repository_id: String,
-    /// Cron schedule.
+    /// Cron schedule (absent, or [`CONTINUOUS`], for a continuous job).
+    #[serde(default)]
     pub schedule: String,
     /// Options for the kind.
     #[serde(default)]
@@ -514,6 +695,9 @@ pub struct NewJob {
     /// Alert when no run succeeded for this many seconds (e.g. 93600 for a daily backup).
     #[serde(default)]
     pub stale_after_secs: Option<i64>,
+    /// Alert when a sqlite-replicate job is more than this many seconds behind.
+    #[serde(default)]
+    pub lag_alert_secs: Option<i64>,
 }
 
 fn default_retries() -> i64 {
@@ -523,7 +707,7 @@ fn default_retry_base() -> i64 {
     30
 }
 
-const JOB_COLUMNS: &str = "id, tenant_id, repository_id, name, kind, schedule, options, enabled, max_retries, retry_base_secs, next_run_at, stale_after_secs, created_at";
+const JOB_COLUMNS: &str = "id, tenant_id, repository_id, name, kind, schedule, options, enabled, max_retries, retry_base_secs, next_run_at, stale_after_secs, lag_alert_secs, created_at";
 
 fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobInfo> {
     let kind: String = row.try_get("kind")?;
@@ -542,12 +726,13 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobInfo> {
         retry_base_secs: row.try_get("retry_base_secs")?,
         next_run_at: row.try_get("next_run_at")?,
         stale_after_secs: row.try_get("stale_after_secs")?,
+        lag_alert_secs: row.try_get("lag_alert_secs")?,
         created_at: row.try_get("created_at")?,
     })
 }
 
 /// Creates a job after checking its schedule, options and repository.
-pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<JobInfo> {
+pub async fn create_job(pool: &Pool, tenant_id: &str, mut new: NewJob) -> Result<JobInfo> {
     if new.name.is_empty() || new.name.len() > 100 {
         return Err(Error::Invalid("a job name has 1 to 100 characters".into()));
     }
@@ -561,7 +746,35 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
             "stale_after_secs is a positive number of seconds".into(),
         ));
     }
-    let schedule = parse_schedule(&new.schedule)?;
+    if new.lag_alert_secs.is_some_and(|s| s < 1) {
+        return Err(Error::Invalid(
+            "lag_alert_secs is a positive number of seconds".into(),
+        ));
+    }
+    if new.stale_after_secs.is_some() && new.kind.is_continuous() {
+        return Err(Error::Invalid(
+            "a sqlite-replicate job has no successful runs to be stale about: use lag_alert_secs"
+                .into(),
+        ));
+    }
+    if new.lag_alert_secs.is_some() && !new.kind.is_continuous() {
+        return Err(Error::Invalid(
+            "lag_alert_secs is for sqlite-replicate jobs; use stale_after_secs for scheduled ones"
+                .into(),
+        ));
+    }
+    let schedule = if new.kind.is_continuous() {
+        if !new.schedule.is_empty() && new.schedule != CONTINUOUS {
+            return Err(Error::Invalid(format!(
+                "a {} job runs continuously: leave out `schedule` (or write {CONTINUOUS:?})",
+                new.kind.as_str()
+            )));
+        }
+        new.schedule = CONTINUOUS.to_owned();
+        None
+    } else {
+        Some(parse_schedule(&new.schedule)?)
+    };
     validate_options(new.kind, &new.options)?;
     if get_repository(pool, tenant_id, &new.repository_id)
         .await?
@@ -581,8 +794,10 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
         }
     }
     let id = new_id();
-    let next = crate::scheduler::next_after(&schedule, now_millis());
-    sqlx::query("INSERT INTO jobs (id, tenant_id, repository_id, name, kind, schedule, options, max_retries, retry_base_secs, next_run_at, created_at, stale_after_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+    let next = schedule
+        .as_ref()
+        .and_then(|s| crate::scheduler::next_after(s, now_millis()));
+    sqlx::query("INSERT INTO jobs (id, tenant_id, repository_id, name, kind, schedule, options, max_retries, retry_base_secs, next_run_at, created_at, stale_after_secs, lag_alert_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
         .bind(&id)
         .bind(tenant_id)
         .bind(&new.repository_id)
@@ -595,6 +810,7 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, new: NewJob) -> Result<Job
         .bind(next)
         .bind(now_millis())
         .bind(new.stale_after_secs)
+        .bind(new.lag_alert_secs)
         .execute(pool)
         .await
         .map_err(|e| match e {
@@ -782,6 +998,67 @@ pub fn execute(
     let repo = Repository::open(storage, password)
         .map_err(|e| format!("cannot open the repository at {location}: {e}"))?;
     match kind {
+        JobKind::SqliteReplicate => Err(
+            "a sqlite-replicate job runs continuously under the replication supervisor, not as a run"
+                .into(),
+        ),
+        JobKind::PgBackup => {
+            let o: PgBackupOptions =
+                serde_json::from_value(options.clone()).map_err(|e| e.to_string())?;
+            let mut repo = repo
+                .load_index()
+                .map_err(|e| format!("cannot load the index: {e}"))?;
+            let backup_options = lifeboat_postgres::BaseBackupOptions {
+                connect: lifeboat_postgres::ConnectOptions {
+                    psql: o.psql,
+                    conninfo: o.connect.unwrap_or_default(),
+                },
+                data_dir: o.pgdata,
+                hostname: gethostname(),
+                username: "lifeboat-server".into(),
+                tags: o.tags,
+                writer: Default::default(),
+            };
+            let progress = lifeboat_files::BackupProgress::default();
+            let outcome = lifeboat_postgres::base_backup(&mut repo, &backup_options, &progress)
+                .map_err(|e| format!("base backup failed: {e}"))?;
+            let state = &outcome.state;
+            let summary = outcome.snapshot.summary.clone().unwrap_or_default();
+            let mut log = format!(
+                "base backup {} of {}: WAL {} .. {} (timeline {}), {} files, {} bytes read, {} bytes added",
+                outcome.snapshot_id,
+                state.stream,
+                state.start_lsn,
+                state.stop_lsn.unwrap_or_default(),
+                state.timeline,
+                summary.files_new + summary.files_changed + summary.files_unchanged,
+                summary.bytes_read,
+                summary.bytes_added
+            );
+            if outcome.vanished > 0 {
+                log.push_str(&format!(
+                    "\n{} file(s) vanished during the backup (normal: WAL replay redoes it)",
+                    outcome.vanished
+                ));
+            }
+            if let Some(id) = outcome.leftover {
+                log.push_str(&format!(
+                    "\nwarning: the provisional snapshot {id} could not be removed (append-only storage?); it is marked incomplete and ignored by restores"
+                ));
+            }
+            if !outcome.wal_missing.is_empty() {
+                return Err(format!(
+                    "the WAL this base backup needs ({}) is not in the repository: the cluster's \
+                     archive_command must run `lifeboat pg archive-push` into this repository; \
+                     until it does, the backup cannot be restored\n{log}",
+                    outcome.wal_missing.join(", ")
+                ));
+            }
+            Ok(RunOutput {
+                bytes: summary.bytes_added,
+                log,
+            })
+        }
         JobKind::Backup => {
             let o: BackupOptions =
                 serde_json::from_value(options.clone()).map_err(|e| e.to_string())?;
@@ -961,6 +1238,80 @@ mod tests {
         let short = validate_options(JobKind::Prune, &serde_json::json!({ "grace_secs": 5 }));
         assert!(short.unwrap_err().to_string().contains("at least 10"));
         assert!(validate_options(JobKind::Prune, &serde_json::json!({ "keep_last": 1 })).is_err());
+    }
+
+    #[test]
+    fn database_jobs_validate_their_options_and_operators_limits() {
+        use serde_json::json;
+        assert_eq!(JobKind::parse("pg-backup").unwrap(), JobKind::PgBackup);
+        assert_eq!(
+            serde_json::to_value(JobKind::SqliteReplicate).unwrap(),
+            json!("sqlite-replicate")
+        );
+        assert!(JobKind::SqliteReplicate.is_continuous() && !JobKind::PgBackup.is_continuous());
+        validate_options(JobKind::PgBackup, &json!({})).unwrap();
+        validate_options(
+            JobKind::PgBackup,
+            &json!({ "connect": "host=/run/postgresql", "pgdata": "/var/lib/pg", "tags": ["n"] }),
+        )
+        .unwrap();
+        assert!(validate_options(JobKind::PgBackup, &json!({ "pgdata": "data" })).is_err());
+        assert!(validate_options(JobKind::PgBackup, &json!({ "paths": ["/x"] })).is_err());
+        let o: SqliteReplicateOptions =
+            serde_json::from_value(json!({ "database": "/srv/app.db" })).unwrap();
+        assert_eq!((o.interval_ms, o.max_lag_mib), (1000, 1024));
+        let library = o.replicate_options();
+        assert_eq!(library.max_lag_bytes, Some(1 << 30));
+        validate_options(
+            JobKind::SqliteReplicate,
+            &json!({ "database": "/srv/app.db" }),
+        )
+        .unwrap();
+        for bad in [
+            json!({}),
+            json!({ "database": "app.db" }),
+            json!({ "database": "/srv/app.db", "interval_ms": 0 }),
+            json!({ "database": "/srv/app.db", "spool_dir": "tmp" }),
+        ] {
+            assert!(
+                validate_options(JobKind::SqliteReplicate, &bad).is_err(),
+                "{bad}"
+            );
+        }
+
+        let roots = vec![PathBuf::from("/srv/acme")];
+        let ok = |kind, options| operator_limits(kind, &options, &roots);
+        ok(JobKind::PgBackup, json!({ "pgdata": "/srv/acme/pg" })).unwrap();
+        assert!(ok(JobKind::PgBackup, json!({})).is_err(), "pgdata required");
+        assert!(ok(JobKind::PgBackup, json!({ "pgdata": "/etc" })).is_err());
+        assert!(
+            ok(
+                JobKind::PgBackup,
+                json!({ "pgdata": "/srv/acme/pg", "psql": "/tmp/evil" })
+            )
+            .is_err()
+        );
+        ok(
+            JobKind::SqliteReplicate,
+            json!({ "database": "/srv/acme/app.db" }),
+        )
+        .unwrap();
+        assert!(
+            ok(
+                JobKind::SqliteReplicate,
+                json!({ "database": "/etc/app.db" })
+            )
+            .is_err()
+        );
+        assert!(
+            ok(
+                JobKind::SqliteReplicate,
+                json!({ "database": "/srv/acme/app.db", "spool_dir": "/tmp" })
+            )
+            .is_err()
+        );
+        assert!(ok(JobKind::Backup, json!({ "paths": ["/srv/acme/x"] })).is_ok());
+        assert!(ok(JobKind::Check, json!({})).is_ok());
     }
 
     #[test]

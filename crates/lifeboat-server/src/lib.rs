@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod offline;
 pub mod openapi;
 pub mod password;
+pub mod replication;
 pub mod routes;
 pub mod scheduler;
 pub mod secrets;

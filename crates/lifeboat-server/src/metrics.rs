@@ -3,7 +3,8 @@
 //! HTTP request counts live in memory (they restart at zero with the process, as Prometheus
 //! counters may). Job figures are read from the catalog at each scrape, so they survive
 //! restarts: last success time and age, last run's duration and bytes, runs by outcome, and
-//! alerts firing.
+//! alerts firing. Replication figures (lag, shipped bytes) are what the running replicators
+//! last reported ([`crate::replication`]), kept in memory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,6 +19,54 @@ use crate::error::Result;
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    replication: Mutex<BTreeMap<String, ReplicationReport>>,
+}
+
+/// What a continuous job's replicator last reported about its destination.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicationReport {
+    /// The job's tenant.
+    pub tenant_id: String,
+    /// The job's name.
+    pub job_name: String,
+    /// The database replicated.
+    pub database: String,
+    /// The replicator runs (false while it waits to restart after a failure).
+    pub up: bool,
+    /// The destination fell past the lag limit or failed, and no longer holds the WAL.
+    pub released: bool,
+    /// Seconds since the oldest commit not yet stored in the repository was captured.
+    pub lag_seconds: f64,
+    /// Committed WAL bytes not yet stored in the repository.
+    pub lag_bytes: u64,
+    /// Frame bytes stored by the current session.
+    pub bytes_shipped: u64,
+    /// The destination's (or reader's) last error.
+    pub last_error: Option<String>,
+}
+
+impl Metrics {
+    /// Records what a replicator reports.
+    pub fn report_replication(&self, job_id: &str, report: ReplicationReport) {
+        self.replication.lock().insert(job_id.to_owned(), report);
+    }
+
+    /// Marks a job's replicator as down (its lag is unknown until it runs again).
+    pub fn replication_down(&self, job_id: &str) {
+        if let Some(report) = self.replication.lock().get_mut(job_id) {
+            report.up = false;
+        }
+    }
+
+    /// Forgets a job whose replicator was stopped for good.
+    pub fn remove_replication(&self, job_id: &str) {
+        self.replication.lock().remove(job_id);
+    }
+
+    /// The last report of a job's replicator.
+    pub fn replication(&self, job_id: &str) -> Option<ReplicationReport> {
+        self.replication.lock().get(job_id).cloned()
+    }
 }
 
 impl Metrics {
@@ -161,6 +210,7 @@ pub async fn render(metrics: &Metrics, pool: &Pool) -> Result<String> {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         out.push_str(body);
     }
+    render_replication(metrics, &mut out);
     let (firing,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM alerts")
         .fetch_one(pool)
         .await?;
@@ -169,4 +219,83 @@ pub async fn render(metrics: &Metrics, pool: &Pool) -> Result<String> {
         "# HELP lifeboat_alerts_firing Alerts firing now.\n# TYPE lifeboat_alerts_firing gauge\nlifeboat_alerts_firing {firing}"
     );
     Ok(out)
+}
+
+/// The replication gauges, labelled like the job metrics (`kind` is always
+/// `sqlite-replicate`). Lag is left out while a replicator is down: it is unknown then, and
+/// `lifeboat_replication_up` says so.
+fn render_replication(metrics: &Metrics, out: &mut String) {
+    let reports = metrics.replication.lock().clone();
+    let mut up = String::new();
+    let mut released = String::new();
+    let mut seconds = String::new();
+    let mut bytes = String::new();
+    let mut shipped = String::new();
+    for (job_id, r) in &reports {
+        let labels = format!(
+            "tenant=\"{}\",job=\"{}\",job_id=\"{}\",kind=\"sqlite-replicate\"",
+            escape(&r.tenant_id),
+            escape(&r.job_name),
+            escape(job_id)
+        );
+        let _ = writeln!(up, "lifeboat_replication_up{{{labels}}} {}", u8::from(r.up));
+        if !r.up {
+            continue;
+        }
+        let _ = writeln!(
+            released,
+            "lifeboat_replication_released{{{labels}}} {}",
+            u8::from(r.released)
+        );
+        let _ = writeln!(
+            seconds,
+            "lifeboat_replication_lag_seconds{{{labels}}} {}",
+            r.lag_seconds
+        );
+        let _ = writeln!(
+            bytes,
+            "lifeboat_replication_lag_bytes{{{labels}}} {}",
+            r.lag_bytes
+        );
+        let _ = writeln!(
+            shipped,
+            "lifeboat_replication_shipped_bytes_total{{{labels}}} {}",
+            r.bytes_shipped
+        );
+    }
+    for (name, kind, help, body) in [
+        (
+            "lifeboat_replication_up",
+            "gauge",
+            "1 while the job's replicator runs, 0 while it waits to restart after a failure.",
+            &up,
+        ),
+        (
+            "lifeboat_replication_lag_seconds",
+            "gauge",
+            "Seconds since the oldest commit not yet stored in the repository was captured (0: nothing waits).",
+            &seconds,
+        ),
+        (
+            "lifeboat_replication_lag_bytes",
+            "gauge",
+            "Committed WAL bytes not yet stored in the repository.",
+            &bytes,
+        ),
+        (
+            "lifeboat_replication_released",
+            "gauge",
+            "1 if the repository fell past max_lag_mib (or failed) and no longer holds the WAL; it resyncs when it answers.",
+            &released,
+        ),
+        (
+            "lifeboat_replication_shipped_bytes_total",
+            "counter",
+            "WAL frame bytes stored by the replicator since it (re)started.",
+            &shipped,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        out.push_str(body);
+    }
 }

@@ -1553,25 +1553,11 @@ async fn jobs_create(
     Path(tenant): Path<String>,
     Json(body): Json<NewJob>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    if caller.principal.role != Role::Admin && body.kind == jobs::JobKind::Backup {
-        let paths: Vec<std::path::PathBuf> = body.options["paths"]
-            .as_array()
-            .map(|p| {
-                p.iter()
-                    .filter_map(|v| v.as_str().map(Into::into))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if paths.is_empty()
-            || !paths
-                .iter()
-                .all(|p| jobs::path_within(p, &app.config.jobs.backup_roots))
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "operators' backup jobs may read only below the server's jobs.backup_roots; ask an admin",
-            ));
-        }
+    if caller.principal.role != Role::Admin
+        && let Err(message) =
+            jobs::operator_limits(body.kind, &body.options, &app.config.jobs.backup_roots)
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, message));
     }
     let job = jobs::create_job(&app.pool, &tenant, body).await?;
     app.audit

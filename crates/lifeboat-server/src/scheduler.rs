@@ -23,6 +23,7 @@ use crate::audit::Event;
 use crate::catalog::{Pool, new_id, now_millis};
 use crate::error::{Error, Result};
 use crate::jobs::{self, JobInfo};
+use crate::replication;
 use crate::server::AppState;
 
 /// Longest log excerpt kept per run.
@@ -57,11 +58,11 @@ pub struct Running {
 }
 
 impl Running {
-    fn claim(&self, job_id: &str) -> bool {
+    pub(crate) fn claim(&self, job_id: &str) -> bool {
         self.jobs.lock().insert(job_id.to_owned())
     }
 
-    fn release(&self, job_id: &str) {
+    pub(crate) fn release(&self, job_id: &str) {
         self.jobs.lock().remove(job_id);
     }
 
@@ -80,24 +81,75 @@ pub async fn recover(pool: &Pool) -> Result<u64> {
         .rows_affected())
 }
 
-/// The scheduler loop: checks every second for jobs that are due, until `stop` fires.
+/// The scheduler loop: checks every second for jobs that are due and keeps the continuous
+/// jobs' replicators in line with the catalog, until `stop` fires; then stops the replicators.
 pub async fn run(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut ticks: u64 = 0;
     loop {
+        if let Err(e) = replication::reconcile(&app).await {
+            tracing::warn!("replication: {e}");
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
         if let Err(e) = tick(&app).await {
             tracing::warn!("scheduler: {e}");
         }
         ticks += 1;
-        if ticks.is_multiple_of(STALE_CHECK_EVERY)
-            && let Err(e) = check_staleness(&app).await
-        {
-            tracing::warn!("stale-backup check: {e}");
+        if ticks.is_multiple_of(STALE_CHECK_EVERY) {
+            if let Err(e) = check_staleness(&app).await {
+                tracing::warn!("stale-backup check: {e}");
+            }
+            if let Err(e) = check_lag(&app).await {
+                tracing::warn!("replication-lag check: {e}");
+            }
         }
     }
+    replication::stop_all(&app).await;
+}
+
+/// Fires `lag:<job>` for each running continuous job with `lag_alert_secs` whose replicator
+/// reports more lag than that, and resolves it once the lag is back under the limit. A
+/// replicator that is down reports nothing: the `job-failed` alert covers it.
+async fn check_lag(app: &AppState) -> Result<()> {
+    for job in jobs::all_enabled_jobs(&app.pool).await? {
+        let Some(limit) = job.lag_alert_secs else {
+            continue;
+        };
+        let Some(report) = app.metrics.replication(&job.id) else {
+            continue;
+        };
+        if !report.up {
+            continue;
+        }
+        let key = replication::lag_key(&job.id);
+        if report.lag_seconds > limit as f64 {
+            let mut message = format!(
+                "Job {} ({}) is {} s behind (limit {limit} s): {} bytes of {} not yet stored in the repository.",
+                job.name,
+                job.kind.as_str(),
+                report.lag_seconds.round(),
+                report.lag_bytes,
+                report.database
+            );
+            if let Some(error) = &report.last_error {
+                message.push_str(&format!(" Last error: {}", first_line(error)));
+            }
+            app.alerter
+                .fire(&app.pool, &key, Some(&job.tenant_id), &message)
+                .await?;
+        } else {
+            let message = format!(
+                "Job {} ({}) caught up: {} s behind (limit {limit} s).",
+                job.name,
+                job.kind.as_str(),
+                report.lag_seconds.round()
+            );
+            app.alerter.resolve(&app.pool, &key, &message).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Seconds between two evaluations of the stale-job rule.
@@ -185,7 +237,8 @@ async fn tick(app: &Arc<AppState>) -> Result<()> {
 
 /// Starts `job` now unless it is running; false if it was.
 pub fn start(app: &Arc<AppState>, job: JobInfo, trigger: &'static str) -> bool {
-    if !app.running.claim(&job.id) {
+    // A continuous job is kept running by its supervisor, never started as a run.
+    if job.kind.is_continuous() || !app.running.claim(&job.id) {
         return false;
     }
     let app = Arc::clone(app);

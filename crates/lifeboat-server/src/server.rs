@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::identity;
 use crate::metrics::Metrics;
 use crate::password::PasswordHasher;
+use crate::replication::Replication;
 use crate::routes::{self, RouteSpec};
 use crate::scheduler::{self, Running};
 use crate::secrets::Sealer;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Jobs running now.
     pub running: Running,
+    /// The continuous jobs' replicators.
+    pub replication: Replication,
     /// The route table, by (method, pattern).
     pub routes: HashMap<(String, String), RouteSpec>,
 }
@@ -70,7 +73,8 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Stops accepting, lets requests finish (up to five seconds) and stops the scheduler.
+    /// Stops accepting, lets requests finish (up to five seconds) and stops the scheduler and
+    /// the replicators (each stores what it captured, up to 30 seconds).
     pub async fn shutdown(self) {
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
         let _ = self.stop.send(true);
@@ -156,6 +160,7 @@ pub async fn start(config: ServerConfig, state_dir: &Path) -> Result<RunningServ
         audit,
         metrics: Metrics::default(),
         running: Running::default(),
+        replication: Replication::default(),
     });
 
     let handle = axum_server::Handle::new();

@@ -4,6 +4,7 @@
 mod common;
 mod dashboard;
 mod smtp;
+mod sources;
 
 use std::collections::HashMap;
 use std::sync::Arc;
