@@ -466,7 +466,7 @@ fn replicate(
             }
         }
         report(&replicator.status());
-        let until = Instant::now() + interval;
+        let until = Instant::now() + replicator.pause();
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }

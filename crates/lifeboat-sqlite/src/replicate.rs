@@ -308,9 +308,17 @@ pub struct Replicator {
     last_snapshot: Instant,
     checkpoints: u64,
     bytes_captured: u64,
+    /// Bytes the last round captured and since when (the round before's start): a busy
+    /// writer shortens the pause before the next round.
+    last_round_bytes: u64,
+    last_round_span: Duration,
+    last_round_at: Option<Instant>,
     last_error: Option<String>,
     lanes: Vec<LaneHandle>,
 }
+
+/// The shortest pause between rounds while the application writes heavily.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
 
 fn open_connection(path: &Path, busy: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -492,6 +500,9 @@ impl Replicator {
             last_snapshot: Instant::now(),
             checkpoints: 0,
             bytes_captured: 0,
+            last_round_bytes: 0,
+            last_round_span: Duration::ZERO,
+            last_round_at: None,
             last_error: None,
             lanes,
             db_path,
@@ -876,6 +887,39 @@ impl Replicator {
     /// due, capture, then checkpoint and snapshot when due. Waits for destinations only as
     /// long as a checkpoint allows.
     pub fn tick(&mut self) -> Result<()> {
+        let captured_before = self.bytes_captured;
+        let started = Instant::now();
+        let outcome = self.round();
+        self.last_round_bytes = self.bytes_captured - captured_before;
+        self.last_round_span = self
+            .last_round_at
+            .map_or(self.options.interval, |at| started - at);
+        self.last_round_at = Some(started);
+        outcome
+    }
+
+    /// How long to wait before the next [`tick`](Self::tick): the interval, or a tenth of it
+    /// (at least 50 ms) while the application writes at a rate that fills
+    /// `checkpoint_frames` frames within one interval. That costs more, smaller segments
+    /// (at most ten rounds per interval) while the writer is that busy. SQLite cannot restart a WAL that is held between checkpoints, and an
+    /// application's automatic checkpoint then runs on each of its commits: checkpointing
+    /// more often keeps the WAL short and the writer fast (docs/sqlite.md, *Cost to the
+    /// application*). It also shortens the window a crash can lose.
+    pub fn pause(&self) -> Duration {
+        let frame = 24 + u64::from(self.page_size);
+        let span = self.last_round_span.as_secs_f64().max(1e-3);
+        let frames_per_interval =
+            (self.last_round_bytes / frame) as f64 * self.options.interval.as_secs_f64() / span;
+        if frames_per_interval >= self.options.checkpoint_frames as f64 {
+            (self.options.interval / 10)
+                .max(BUSY_PAUSE)
+                .min(self.options.interval)
+        } else {
+            self.options.interval
+        }
+    }
+
+    fn round(&mut self) -> Result<()> {
         self.release_failed_and_lagging();
         if self.protected && self.live_lanes().is_empty() {
             // Nobody to hold the WAL for: let the application's checkpoints restart it.
@@ -1079,9 +1123,10 @@ impl Replicator {
                 self.last_error = Some(e.to_string());
             }
             on_tick(&self.status());
-            let until = Instant::now() + self.options.interval;
+            let pause = self.pause();
+            let until = Instant::now() + pause;
             while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20).min(self.options.interval));
+                std::thread::sleep(Duration::from_millis(20).min(pause));
             }
         }
         if self.protected

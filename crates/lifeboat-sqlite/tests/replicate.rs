@@ -539,6 +539,49 @@ fn a_large_database_snapshots_and_restores() {
     assert_eq!(rows(&path), rows(&setup.db()));
 }
 
+/// A writer that fills `checkpoint_frames` within one interval makes rounds (and so
+/// checkpoints and WAL restarts) ten times as frequent; a quiet one gets the interval back.
+#[test]
+fn a_busy_writer_shortens_the_pause_between_rounds() {
+    let setup = Setup::new();
+    let options = ReplicateOptions {
+        interval: Duration::from_secs(1),
+        snapshot_interval: Duration::from_secs(3600),
+        checkpoint_frames: 100,
+        ..Default::default()
+    };
+    let mut replicator = Replicator::open(&setup.db(), setup.repo(), options).unwrap();
+    replicator.tick().unwrap();
+    assert_eq!(
+        replicator.pause(),
+        Duration::from_secs(1),
+        "nothing written"
+    );
+
+    let conn = Connection::open(setup.db()).unwrap();
+    // 200 rows of 4000 bytes: at least 200 frames in well under a second.
+    for i in 0..200 {
+        conn.execute(
+            "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(4000))",
+            [i],
+        )
+        .unwrap();
+    }
+    replicator.tick().unwrap();
+    assert_eq!(
+        replicator.pause(),
+        Duration::from_millis(100),
+        "a busy writer gets a tenth of the interval"
+    );
+
+    conn.execute("INSERT INTO rows (ts, payload) VALUES (1, x'00')", [])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    replicator.tick().unwrap();
+    assert_eq!(replicator.pause(), Duration::from_secs(1), "quiet again");
+    replicator.sync(Duration::from_secs(60)).unwrap();
+}
+
 fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(path).unwrap() {
