@@ -158,6 +158,11 @@ pub struct PgRestoreArgs {
     /// Write standby.signal: the server keeps replaying archived WAL as a warm standby.
     #[arg(long, conflicts_with_all = ["time", "lsn"])]
     standby: bool,
+    /// Recover along this timeline's history (default: the newest timeline in the archive,
+    /// as PostgreSQL's recovery_target_timeline = 'latest'). The base backup is chosen from
+    /// that history: after a point-in-time restore, `--timeline 1` reaches the abandoned branch.
+    #[arg(long, value_name = "TLI", value_parser = clap::value_parser!(u32).range(1..))]
+    timeline: Option<u32>,
     /// Turn WAL archiving off in the restored cluster (restore tests, copies).
     #[arg(long)]
     archive_off: bool,
@@ -489,9 +494,14 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
         (None, Some(lsn)) => RecoveryTarget::Lsn(lsn),
         (None, None) => RecoveryTarget::Latest,
     };
-    let backups = lifeboat_postgres::backup::base_backups(&repo)?;
-    let (_, state) =
-        lifeboat_postgres::restore::choose_backup(&backups, args.stream.stream.as_deref(), target)?;
+    // Chosen here for the stream restore_command names; restore() makes the same choice.
+    let plan = lifeboat_postgres::restore::plan(
+        &repo,
+        args.stream.stream.as_deref(),
+        target,
+        args.timeline,
+    )?;
+    let state = plan.state;
     let to = absolute(&args.to)?;
     // pg_wal is left out of base backups and PostgreSQL ignores directories in it.
     let spool = to.join("pg_wal").join("lifeboat-prefetch");
@@ -505,6 +515,7 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
         stream: Some(state.stream.clone()),
         archive_off: args.archive_off,
         workers: 0,
+        timeline: Some(plan.history.timeline),
     };
     let progress = Arc::new(RestoreProgress::default());
     let display = crate::progress::start_restore(progress.clone(), progress_mode(global));
@@ -532,6 +543,7 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
                 "removed": outcome.removed,
                 "to": options.to,
                 "standby": options.standby,
+                "timeline": outcome.timeline,
             })
         );
     } else if !global.quiet {
@@ -571,9 +583,10 @@ fn check(global: &GlobalArgs, args: &StreamArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{}: {} WAL files, segments {} .. {}",
+            "{}: {} WAL files, timeline {}, segments {} .. {}",
             report.stream,
             report.files,
+            report.timeline,
             report.from.as_deref().unwrap_or("-"),
             report.newest.as_deref().unwrap_or("-"),
         );
@@ -594,6 +607,8 @@ fn check(global: &GlobalArgs, args: &StreamArgs) -> Result<ExitCode> {
                     "INCOMPLETE"
                 } else if backup.restorable {
                     "restorable"
+                } else if !backup.on_timeline {
+                    "ON ANOTHER BRANCH (not on this timeline's history)"
                 } else {
                     "NOT RESTORABLE"
                 },

@@ -814,3 +814,122 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
     });
     assert_eq!(count(&again), Some(30));
 }
+
+/// Restores with `pg restore --archive-off --to <world>/<name> ARGS`, starts PostgreSQL on the
+/// result and waits until recovery has promoted it.
+fn restore_and_start(world: &World, name: &str, args: &[&str]) -> (serde_json::Value, Cluster) {
+    let dir = world.path(name);
+    let dir_text = dir.display().to_string();
+    let mut all = vec!["pg", "restore", "--archive-off", "--to", &dir_text];
+    all.extend_from_slice(args);
+    let restored = world.lifeboat_json(&all);
+    let cluster = Cluster {
+        world_dir: world.dir.path().to_path_buf(),
+        bin: world.bin.clone(),
+        data: dir,
+        port: 0,
+    }
+    .start_on(free_port());
+    wait_until(&format!("{name} to promote"), || {
+        cluster
+            .psql_out("SELECT pg_is_in_recovery();")
+            .stdout
+            .starts_with(b"f")
+    });
+    (restored, cluster)
+}
+
+/// The ids in `rows`, in order.
+fn row_ids(cluster: &Cluster) -> Vec<i64> {
+    cluster
+        .psql("SELECT id FROM rows ORDER BY id;")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn after_a_point_in_time_restore_restores_follow_the_new_timeline_not_the_abandoned_branch() {
+    let Some(world) = World::new() else { return };
+    let primary = world.cluster("primary", false);
+    primary.psql(SCHEMA);
+    insert_rows(&primary, 0..10);
+    let before = world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
+    insert_rows(&primary, 10..20);
+    std::thread::sleep(Duration::from_millis(150));
+    let branch_time = server_time(&primary);
+    std::thread::sleep(Duration::from_millis(150));
+    // The mistake the point-in-time restore undoes, and a base backup taken after it: both
+    // stay in the archive on timeline 1.
+    insert_rows(&primary, 1000..1010);
+    let abandoned = world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
+    primary.switch_and_wait();
+    primary.stop();
+
+    // Recover to just before the mistake and carry on there: timeline 2, archiving into the
+    // same stream.
+    let recovered_dir = world.path("recovered");
+    let out = world.lifeboat_json(&[
+        "pg",
+        "restore",
+        "--time",
+        &branch_time,
+        "--to",
+        &recovered_dir.display().to_string(),
+    ]);
+    assert_eq!(out["backup"], before["snapshot"], "{out}");
+    let recovered = Cluster {
+        world_dir: world.dir.path().to_path_buf(),
+        bin: world.bin.clone(),
+        data: recovered_dir,
+        port: 0,
+    }
+    .start_on(free_port());
+    wait_until("the recovered cluster to promote", || {
+        recovered
+            .psql_out("SELECT pg_is_in_recovery();")
+            .stdout
+            .starts_with(b"f")
+    });
+    assert_eq!(row_ids(&recovered), (0..20).collect::<Vec<_>>());
+    insert_rows(&recovered, 20..30);
+    std::thread::sleep(Duration::from_millis(150));
+    let later = server_time(&recovered);
+    std::thread::sleep(Duration::from_millis(150));
+    insert_rows(&recovered, 30..33);
+    recovered.switch_and_wait();
+
+    // The check follows timeline 2: whole, and the abandoned branch's backup is named as such.
+    let report = world.lifeboat_json(&["pg", "check"]);
+    assert_eq!(report["timeline"], 2, "{report}");
+    assert!(report["gaps"].as_array().unwrap().is_empty(), "{report}");
+    let on_timeline = |id: &serde_json::Value| {
+        report["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == *id)
+            .unwrap_or_else(|| panic!("{report}"))["on_timeline"]
+            .clone()
+    };
+    assert_eq!(on_timeline(&before["snapshot"]), true);
+    assert_eq!(on_timeline(&abandoned["snapshot"]), false);
+
+    // A time on timeline 2 before it has a backup of its own: the abandoned branch's backup
+    // ends before that time too, but only the one from before the branch point leads there.
+    let (restored, again) = restore_and_start(&world, "again", &["--time", &later]);
+    assert_eq!(restored["backup"], before["snapshot"], "{restored}");
+    assert_eq!(restored["timeline"], 2, "{restored}");
+    assert_eq!(row_ids(&again), (0..30).collect::<Vec<_>>());
+    drop(again);
+    let (_, latest) = restore_and_start(&world, "latest", &["--latest"]);
+    assert_eq!(row_ids(&latest), (0..33).collect::<Vec<_>>());
+    drop(latest);
+
+    // The abandoned branch stays reachable on request.
+    let (restored, old) = restore_and_start(&world, "old-branch", &["--latest", "--timeline", "1"]);
+    assert_eq!(restored["backup"], abandoned["snapshot"], "{restored}");
+    assert_eq!(restored["timeline"], 1, "{restored}");
+    let expected: Vec<i64> = (0..20).chain(1000..1010).collect();
+    assert_eq!(row_ids(&old), expected);
+}

@@ -1,9 +1,11 @@
 //! Checks of the WAL archive (`pg check`) and its figures (`pg status`).
 //!
 //! A point in time is restorable when a complete base backup ends before it and every WAL
-//! segment from that backup's start to the point is archived. The check lists the segment
-//! numbers present (on any timeline) from the oldest complete backup's start segment to the
-//! newest archived one, and names each run of missing segments and what it costs.
+//! segment from that backup's start to the point is archived. The check follows the newest
+//! timeline's history (see [`crate::timeline`]): it lists the segment numbers present on that
+//! history from the oldest complete backup's start segment to the newest archived one, and
+//! names each run of missing segments and what it costs. Segments and backups of branches that
+//! history left are not counted.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,7 @@ use crate::archive;
 use crate::backup::{BackupState, base_backups};
 use crate::error::Result;
 use crate::session::Session;
+use crate::timeline::{self, TimelineHistory};
 use crate::wal::{DEFAULT_SEGMENT_SIZE, Lsn, WalFile};
 
 /// A run of missing segments.
@@ -43,8 +46,11 @@ pub struct BackupReport {
     pub stop_wal: Option<String>,
     /// When it became consistent (server time).
     pub stop_time: Option<jiff::Timestamp>,
-    /// Whether every segment from start to stop is archived.
+    /// Whether every segment from start to stop is archived, on the checked timeline's history.
     pub restorable: bool,
+    /// Whether the backup lies on the history of the timeline the check follows: false for one
+    /// taken on a branch that timeline left, after the branch point.
+    pub on_timeline: bool,
     /// The newest archived segment reachable from this backup without crossing a gap.
     pub replays_to: Option<String>,
 }
@@ -54,6 +60,8 @@ pub struct BackupReport {
 pub struct ChainReport {
     /// The cluster's stream.
     pub stream: String,
+    /// The timeline whose history the chain follows (the newest in the archive).
+    pub timeline: u32,
     /// WAL segment size used to number segments.
     pub segment_size: u64,
     /// WAL files in the archive (segments, history, backup history, partial).
@@ -92,14 +100,24 @@ pub fn check_chain(repo: &Repository, stream: &str) -> Result<ChainReport> {
         .filter(|(_, _, s)| s.stream == stream)
         .map(|(id, _, s)| (id, s))
         .collect();
-    Ok(chain_report(stream, &files, &backups))
+    let newest = timeline::newest(
+        files.iter().map(|(_, f)| f),
+        backups
+            .iter()
+            .filter(|(_, s)| s.complete)
+            .map(|(_, s)| s.timeline),
+    );
+    let history = timeline::load(repo, stream, newest)?;
+    Ok(chain_report(stream, &files, &backups, &history))
 }
 
-/// The pure part of [`check_chain`].
+/// The pure part of [`check_chain`]: the chain along `history` (segments of branches that
+/// history left do not count).
 pub fn chain_report(
     stream: &str,
     files: &[(String, WalFile)],
     backups: &[(Id, BackupState)],
+    history: &TimelineHistory,
 ) -> ChainReport {
     let segment_size = backups
         .iter()
@@ -108,7 +126,10 @@ pub fn chain_report(
         .unwrap_or(DEFAULT_SEGMENT_SIZE);
     // Segment number → the newest timeline that has it.
     let mut present: BTreeMap<u64, u32> = BTreeMap::new();
-    for (_, file) in files.iter().filter(|(_, f)| f.is_segment()) {
+    for (_, file) in files
+        .iter()
+        .filter(|(_, f)| f.is_segment() && history.holds_segment(f, segment_size))
+    {
         let segno = file.segno(segment_size).expect("segments have numbers");
         let timeline = present.entry(segno).or_insert(0);
         *timeline = (*timeline).max(file.timeline());
@@ -120,9 +141,13 @@ pub fn chain_report(
             .and_then(|f| f.segno(segment_size))
             .unwrap_or_else(|| s.start_lsn.segment(segment_size))
     };
+    let on_history = |s: &BackupState| {
+        s.stop_lsn
+            .is_some_and(|stop| history.contains(s.timeline, stop))
+    };
     let from = backups
         .iter()
-        .filter(|(_, s)| s.complete)
+        .filter(|(_, s)| s.complete && on_history(s))
         .map(|(_, s)| (start_segno(s), s.timeline))
         .min()
         .or_else(|| present.iter().next().map(|(n, t)| (*n, *t)));
@@ -174,8 +199,10 @@ pub fn chain_report(
                 replays_to = Some((segno, tl));
                 expected = segno + 1;
             }
-            let restorable =
-                s.complete && stop.is_some_and(|stop| replays_to.is_some_and(|(r, _)| r >= stop));
+            let on_timeline = on_history(s);
+            let restorable = s.complete
+                && on_timeline
+                && stop.is_some_and(|stop| replays_to.is_some_and(|(r, _)| r >= stop));
             BackupReport {
                 id: *id,
                 complete: s.complete,
@@ -183,12 +210,14 @@ pub fn chain_report(
                 stop_wal: s.stop_wal.clone(),
                 stop_time: s.stop_time,
                 restorable,
+                on_timeline,
                 replays_to: replays_to.map(|(n, t)| name(n, t)),
             }
         })
         .collect();
     ChainReport {
         stream: stream.to_string(),
+        timeline: history.timeline,
         segment_size,
         files: files.len(),
         from: from.map(|(n, t)| name(n, t)),
@@ -349,6 +378,50 @@ mod tests {
         )
     }
 
+    /// Timeline 2 branched off timeline 1 in segment 4.
+    fn after_promotion() -> TimelineHistory {
+        TimelineHistory::parse(2, "1\t0/4000100\tno recovery target specified\n").unwrap()
+    }
+
+    #[test]
+    fn segments_and_backups_of_an_abandoned_branch_do_not_count() {
+        // Timeline 1 went on writing segments 5 and 6 after timeline 2 branched off in 4;
+        // timeline 2's own segment 5 is missing.
+        let files = files(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "00000002.history",
+            "000000020000000000000004",
+            "000000020000000000000006",
+        ]);
+        let (_, mut late) = backup("000000010000000000000005", 5 * DEFAULT_SEGMENT_SIZE + 9);
+        late.start_lsn = Lsn(5 * DEFAULT_SEGMENT_SIZE);
+        let early = backup("000000010000000000000002", 3 * DEFAULT_SEGMENT_SIZE + 5);
+        let report = chain_report(
+            "pg-1",
+            &files,
+            &[early, (Id([8; 32]), late)],
+            &after_promotion(),
+        );
+        assert_eq!(report.timeline, 2);
+        assert_eq!(report.gaps.len(), 1, "{report:?}");
+        assert_eq!(report.gaps[0].first_missing, "000000020000000000000005");
+        assert_eq!(
+            report.gaps[0].replay_stops_after.as_deref(),
+            Some("000000020000000000000004")
+        );
+        assert!(report.backups[0].on_timeline && report.backups[0].restorable);
+        assert!(!report.backups[1].on_timeline, "{report:?}");
+        assert!(!report.backups[1].restorable, "{report:?}");
+        // Followed on its own, timeline 1 is whole.
+        let report = chain_report("pg-1", &files, &[], &TimelineHistory::root(1));
+        assert!(report.gaps.is_empty(), "{report:?}");
+        assert_eq!(report.newest.as_deref(), Some("000000010000000000000006"));
+    }
+
     #[test]
     fn a_complete_chain_has_no_gap() {
         let files = files(&[
@@ -367,6 +440,7 @@ mod tests {
                 "000000010000000000000002",
                 3 * DEFAULT_SEGMENT_SIZE + 5,
             )],
+            &after_promotion(),
         );
         assert!(report.gaps.is_empty(), "{report:?}");
         assert!(report.ok());
@@ -392,6 +466,7 @@ mod tests {
                 "000000010000000000000002",
                 2 * DEFAULT_SEGMENT_SIZE + 100,
             )],
+            &TimelineHistory::root(1),
         );
         assert_eq!(
             report.gaps,
@@ -417,6 +492,7 @@ mod tests {
             "pg-1",
             &files,
             &[backup("000000010000000000000002", 3 * DEFAULT_SEGMENT_SIZE)],
+            &TimelineHistory::root(1),
         );
         assert_eq!(report.gaps.len(), 1);
         assert_eq!(report.gaps[0].first_missing, "000000010000000000000002");

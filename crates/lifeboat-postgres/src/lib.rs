@@ -7,6 +7,8 @@
 //! * [`restore`]: the newest base backup before a target, plus recovery settings that make
 //!   PostgreSQL replay archived WAL to exactly that target.
 //! * [`check`]: gaps in the WAL chain and the archive's figures.
+//! * [`timeline`]: which branch of the WAL history a restore follows, from the archived
+//!   history files.
 //! * [`expire`]: retention: the newest N base backups and the WAL they need.
 //!
 //! # Invariants
@@ -46,6 +48,7 @@ mod error;
 pub mod expire;
 pub mod restore;
 pub mod session;
+pub mod timeline;
 pub mod wal;
 
 pub use backup::{BackupState, BaseBackupOptions, BaseBackupOutcome, base_backup};

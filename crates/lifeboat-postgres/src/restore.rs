@@ -12,10 +12,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use lifeboat_files::{RestoreOptions, RestoreProgress, RestoreSummary};
-use lifeboat_repo::{Id, IndexedRepository, NodeKind, Snapshot};
+use lifeboat_repo::{Id, IndexedRepository, NodeKind, Repository, Snapshot};
 
+use crate::archive;
 use crate::backup::{BackupState, base_backups};
 use crate::error::{Error, Result};
+use crate::timeline::{self, TimelineHistory};
 use crate::wal::Lsn;
 
 /// Where recovery stops.
@@ -52,6 +54,8 @@ pub struct PgRestoreOptions {
     pub archive_off: bool,
     /// Threads reading packs; 0 picks a default.
     pub workers: usize,
+    /// The timeline to recover into; `None`: the newest in the archive.
+    pub timeline: Option<u32>,
 }
 
 /// What a restore did.
@@ -65,74 +69,131 @@ pub struct PgRestoreOutcome {
     pub summary: RestoreSummary,
     /// Entries of a `--delta` target removed because the backup does not have them.
     pub removed: u64,
+    /// The timeline recovery ends on (a standby follows newer ones as they appear).
+    pub timeline: u32,
+}
+
+/// What a restore starts from.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    /// The base backup.
+    pub backup_id: Id,
+    /// Its state.
+    pub state: BackupState,
+    /// The timeline recovery ends on, and its ancestors.
+    pub history: TimelineHistory,
+}
+
+/// Chooses what a restore of `stream` (`None`: the repository's only cluster) to `target`
+/// starts from, following `timeline`'s history (`None`: the newest timeline in the archive,
+/// as PostgreSQL's `recovery_target_timeline = 'latest'` does).
+pub fn plan(
+    repo: &Repository,
+    stream: Option<&str>,
+    target: RecoveryTarget,
+    timeline: Option<u32>,
+) -> Result<RestorePlan> {
+    let backups = base_backups(repo)?;
+    let stream = resolve_stream(&backups, stream)?;
+    let files = archive::list(repo, &stream)?;
+    let timeline = timeline.unwrap_or_else(|| {
+        timeline::newest(
+            files.iter().map(|(_, f)| f),
+            backups
+                .iter()
+                .filter(|(_, _, s)| s.stream == stream && s.complete)
+                .map(|(_, _, s)| s.timeline),
+        )
+    });
+    let history = timeline::load(repo, &stream, timeline)?;
+    let (backup_id, state) = choose_backup(&backups, Some(stream.as_str()), target, &history)?;
+    Ok(RestorePlan {
+        backup_id,
+        state,
+        history,
+    })
+}
+
+/// The stream to restore: the one asked for, else the only one with a complete backup.
+fn resolve_stream(backups: &[(Id, Snapshot, BackupState)], stream: Option<&str>) -> Result<String> {
+    if let Some(stream) = stream {
+        return Ok(stream.to_string());
+    }
+    let mut streams: Vec<&str> = backups
+        .iter()
+        .filter(|(_, _, s)| s.complete)
+        .map(|(_, _, s)| s.stream.as_str())
+        .collect();
+    streams.sort();
+    streams.dedup();
+    match streams.as_slice() {
+        [] => Err(Error::NoBackup(
+            "the repository holds no complete PostgreSQL base backup; take one with \
+             `lifeboat pg backup`"
+                .to_string(),
+        )),
+        [one] => Ok(one.to_string()),
+        many => Err(Error::NoBackup(format!(
+            "the repository holds backups of {} clusters ({}); choose one with --stream",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
 }
 
 /// Picks the base backup to restore: the newest complete one of `stream` that is consistent
-/// before the target.
+/// before the target and lies on `history` (a backup from a branch the target timeline left,
+/// taken after the branch point, holds a past that timeline does not share).
 pub fn choose_backup(
     backups: &[(Id, Snapshot, BackupState)],
     stream: Option<&str>,
     target: RecoveryTarget,
+    history: &TimelineHistory,
 ) -> Result<(Id, BackupState)> {
-    let complete: Vec<&(Id, Snapshot, BackupState)> =
-        backups.iter().filter(|(_, _, s)| s.complete).collect();
-    let stream = match stream {
-        Some(s) => s.to_string(),
-        None => {
-            let mut streams: Vec<&str> =
-                complete.iter().map(|(_, _, s)| s.stream.as_str()).collect();
-            streams.sort();
-            streams.dedup();
-            match streams.as_slice() {
-                [] => {
-                    return Err(Error::NoBackup(
-                        "the repository holds no complete PostgreSQL base backup; take one with \
-                         `lifeboat pg backup`"
-                            .to_string(),
-                    ));
-                }
-                [one] => one.to_string(),
-                many => {
-                    return Err(Error::NoBackup(format!(
-                        "the repository holds backups of {} clusters ({}); choose one with --stream",
-                        many.len(),
-                        many.join(", ")
-                    )));
-                }
-            }
-        }
-    };
-    let eligible = complete
+    let stream = resolve_stream(backups, stream)?;
+    let complete: Vec<&BackupState> = backups
         .iter()
-        .filter(|(_, _, s)| s.stream == stream)
-        .filter(|(_, _, s)| match target {
-            RecoveryTarget::Latest => true,
-            RecoveryTarget::Time(t) => s.stop_time.is_some_and(|stop| stop <= t),
-            RecoveryTarget::Lsn(l) => s.stop_lsn.is_some_and(|stop| stop <= l),
-        })
-        // Latest: the newest timeline first (recovery follows the newest timeline, and a
-        // promoted copy's backups may sit at lower positions than its old primary's last WAL).
-        .max_by_key(|(_, _, s)| match target {
-            RecoveryTarget::Latest => (s.timeline, s.stop_lsn, s.stop_time),
-            _ => (0, s.stop_lsn, s.stop_time),
-        });
-    match eligible {
-        Some((id, _, state)) => Ok((*id, state.clone())),
-        None => {
-            let oldest = complete
-                .iter()
-                .filter(|(_, _, s)| s.stream == stream)
-                .filter_map(|(_, _, s)| s.stop_time.zip(s.stop_lsn))
-                .min();
-            Err(Error::NoBackup(match oldest {
-                Some((time, lsn)) => format!(
-                    "no base backup of {stream} ends before the target: the oldest ends at {time} \
-                     (LSN {lsn}); choose a later target"
-                ),
-                None => format!("the repository holds no complete base backup of {stream}"),
-            }))
-        }
+        .map(|(_, _, s)| s)
+        .filter(|s| s.complete && s.stream == stream)
+        .collect();
+    let before_target = |s: &BackupState| match target {
+        RecoveryTarget::Latest => true,
+        RecoveryTarget::Time(t) => s.stop_time.is_some_and(|stop| stop <= t),
+        RecoveryTarget::Lsn(l) => s.stop_lsn.is_some_and(|stop| stop <= l),
+    };
+    let on_history = |s: &BackupState| {
+        s.stop_lsn
+            .is_some_and(|stop| history.contains(s.timeline, stop))
+    };
+    // Along one history positions only grow, so the newest usable backup is the one that
+    // ends last.
+    let chosen = backups
+        .iter()
+        .filter(|(_, _, s)| s.complete && s.stream == stream)
+        .filter(|(_, _, s)| before_target(s) && on_history(s))
+        .max_by_key(|(_, _, s)| (s.stop_lsn, s.stop_time));
+    if let Some((id, _, state)) = chosen {
+        return Ok((*id, state.clone()));
     }
+    let timeline = history.timeline;
+    if complete.iter().any(|&s| before_target(s)) {
+        return Err(Error::NoBackup(format!(
+            "no base backup of {stream} on the history of timeline {timeline} ends before the \
+             target: the ones that do were taken on a branch that timeline left (choose \
+             another timeline with --timeline, or a later target)"
+        )));
+    }
+    let oldest = complete
+        .iter()
+        .filter_map(|s| s.stop_time.zip(s.stop_lsn))
+        .min();
+    Err(Error::NoBackup(match oldest {
+        Some((time, lsn)) => format!(
+            "no base backup of {stream} ends before the target: the oldest ends at {time} \
+             (LSN {lsn}); choose a later target"
+        ),
+        None => format!("the repository holds no complete base backup of {stream}"),
+    }))
 }
 
 /// Restores a data directory for point-in-time recovery.
@@ -141,8 +202,16 @@ pub fn restore(
     options: &PgRestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<PgRestoreOutcome> {
-    let backups = base_backups(repo)?;
-    let (backup_id, state) = choose_backup(&backups, options.stream.as_deref(), options.target)?;
+    let RestorePlan {
+        backup_id,
+        state,
+        history,
+    } = plan(
+        repo,
+        options.stream.as_deref(),
+        options.target,
+        options.timeline,
+    )?;
     let snapshot = repo.load_snapshot(&backup_id)?;
     let data_dir_node =
         lifeboat_repo::browse::lookup(repo, &snapshot.tree, Path::new(&state.data_directory))?
@@ -218,7 +287,10 @@ pub fn restore(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(Error::io("read", &auto_conf, e)),
     };
-    write_file(&auto_conf, &with_recovery_settings(&existing, options))?;
+    write_file(
+        &auto_conf,
+        &with_recovery_settings(&existing, options, history.timeline),
+    )?;
     let (signal, other) = if options.standby {
         ("standby.signal", "recovery.signal")
     } else {
@@ -246,6 +318,7 @@ pub fn restore(
         state,
         summary,
         removed,
+        timeline: history.timeline,
     })
 }
 
@@ -294,8 +367,9 @@ pub fn postgres_time(time: jiff::Timestamp) -> String {
     time.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
 }
 
-/// `postgresql.auto.conf` with this restore's block (replacing an earlier one).
-pub fn with_recovery_settings(existing: &str, options: &PgRestoreOptions) -> String {
+/// `postgresql.auto.conf` with this restore's block (replacing an earlier one); recovery ends
+/// on `timeline` (a standby follows the newest one instead, to keep up with failovers).
+pub fn with_recovery_settings(existing: &str, options: &PgRestoreOptions, timeline: u32) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in existing.lines() {
@@ -314,7 +388,13 @@ pub fn with_recovery_settings(existing: &str, options: &PgRestoreOptions) -> Str
         out.push_str(&format!("{key} = {}\n", conf_quote(value)));
     };
     set("restore_command", &options.restore_command);
-    set("recovery_target_timeline", "latest");
+    // The backup was chosen for this timeline's history: a newer branch archived before the
+    // server starts must not change which one recovery follows.
+    if options.standby {
+        set("recovery_target_timeline", "latest");
+    } else {
+        set("recovery_target_timeline", &timeline.to_string());
+    }
     if !options.standby {
         match options.target {
             RecoveryTarget::Latest => {}
@@ -347,26 +427,40 @@ mod tests {
             stream: None,
             archive_off: false,
             workers: 0,
+            timeline: None,
         }
     }
 
     #[test]
     fn recovery_settings_replace_an_earlier_block() {
         let time: jiff::Timestamp = "2026-11-28T01:02:03.25Z".parse().unwrap();
-        let first = with_recovery_settings("port = 5433\n", &options(RecoveryTarget::Time(time)));
+        let first =
+            with_recovery_settings("port = 5433\n", &options(RecoveryTarget::Time(time)), 3);
         assert!(first.starts_with("port = 5433\n"));
         assert!(first.contains("recovery_target_time = '2026-11-28 01:02:03.250000+00'\n"));
         assert!(
             first.contains("restore_command = 'lifeboat pg archive-get --stream ''pg-1'' %f %p'\n")
         );
         assert!(first.contains("recovery_target_action = 'promote'\n"));
-        let second = with_recovery_settings(&first, &options(RecoveryTarget::Latest));
+        assert!(first.contains("recovery_target_timeline = '3'\n"));
+        let second = with_recovery_settings(&first, &options(RecoveryTarget::Latest), 1);
         assert!(!second.contains("recovery_target_time ="));
         assert_eq!(second.matches(BLOCK_BEGIN).count(), 1);
         assert!(second.starts_with("port = 5433\n"));
+        let standby = PgRestoreOptions {
+            standby: true,
+            ..options(RecoveryTarget::Latest)
+        };
+        let third = with_recovery_settings("", &standby, 2);
+        assert!(third.contains("recovery_target_timeline = 'latest'\n"));
     }
 
     fn state(stream: &str, stop_secs: i64, complete: bool) -> BackupState {
+        state_on(stream, 1, stop_secs, complete)
+    }
+
+    /// A backup on `timeline` that ends at `stop_secs` and LSN `stop_secs * 100 + 50`.
+    fn state_on(stream: &str, timeline: u32, stop_secs: i64, complete: bool) -> BackupState {
         BackupState {
             version: 1,
             complete,
@@ -375,7 +469,7 @@ mod tests {
             data_directory: "/d".to_string(),
             server_version: 150000,
             segment_size: crate::wal::DEFAULT_SEGMENT_SIZE,
-            timeline: 1,
+            timeline,
             start_lsn: Lsn(stop_secs as u64 * 100),
             start_wal: String::new(),
             start_time: jiff::Timestamp::from_second(stop_secs - 1).unwrap(),
@@ -412,21 +506,22 @@ mod tests {
             (Id([3; 32]), snapshot(), state("pg-1", 3000, false)),
         ];
         let at = |s| RecoveryTarget::Time(jiff::Timestamp::from_second(s).unwrap());
+        let one = TimelineHistory::root(1);
         assert_eq!(
-            choose_backup(&backups, None, at(1500)).unwrap().0,
+            choose_backup(&backups, None, at(1500), &one).unwrap().0,
             Id([1; 32])
         );
         assert_eq!(
-            choose_backup(&backups, None, at(5000)).unwrap().0,
+            choose_backup(&backups, None, at(5000), &one).unwrap().0,
             Id([2; 32])
         );
         assert_eq!(
-            choose_backup(&backups, None, RecoveryTarget::Latest)
+            choose_backup(&backups, None, RecoveryTarget::Latest, &one)
                 .unwrap()
                 .0,
             Id([2; 32])
         );
-        let err = choose_backup(&backups, None, at(10))
+        let err = choose_backup(&backups, None, at(10), &one)
             .unwrap_err()
             .to_string();
         assert!(err.contains("choose a later target"), "{err}");
@@ -434,11 +529,51 @@ mod tests {
             (Id([1; 32]), snapshot(), state("pg-1", 1000, true)),
             (Id([2; 32]), snapshot(), state("pg-2", 2000, true)),
         ];
-        let err = choose_backup(&two, None, at(5000)).unwrap_err().to_string();
+        let err = choose_backup(&two, None, at(5000), &one)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--stream"), "{err}");
         assert_eq!(
-            choose_backup(&two, Some("pg-2"), at(5000)).unwrap().0,
+            choose_backup(&two, Some("pg-2"), at(5000), &one).unwrap().0,
             Id([2; 32])
         );
+    }
+
+    #[test]
+    fn a_backup_from_a_branch_the_target_timeline_left_is_never_chosen() {
+        // Backups end at LSN 100 × their time + 50. Timeline 1 was recovered to time 1600
+        // (LSN 160000) and went on, abandoned, with a backup at 4000; timeline 2 branched off
+        // there and took its own backup at 3000.
+        let backups = vec![
+            (Id([1; 32]), snapshot(), state_on("pg-1", 1, 1000, true)),
+            (Id([2; 32]), snapshot(), state_on("pg-1", 1, 2000, true)),
+            (Id([3; 32]), snapshot(), state_on("pg-1", 2, 3000, true)),
+            (Id([4; 32]), snapshot(), state_on("pg-1", 1, 4000, true)),
+        ];
+        let two = TimelineHistory::parse(2, "1\t0/27100\tbefore 1600\n").unwrap();
+        assert_eq!(two.ancestors, vec![(1, Lsn(160_000))]);
+        let at = |s| RecoveryTarget::Time(jiff::Timestamp::from_second(s).unwrap());
+        let chosen = |target, history: &TimelineHistory| {
+            choose_backup(&backups, None, target, history).map(|(id, _)| id)
+        };
+        // Between the branch point and timeline 2's own backup: timeline 1's backup from
+        // before the branch, not the later one of the abandoned branch.
+        assert_eq!(chosen(at(2500), &two).unwrap(), Id([1; 32]));
+        assert_eq!(chosen(at(3500), &two).unwrap(), Id([3; 32]));
+        // The abandoned branch's backup at 4000 ends after timeline 2's at 3000: still not it.
+        assert_eq!(chosen(at(5000), &two).unwrap(), Id([3; 32]));
+        assert_eq!(chosen(RecoveryTarget::Latest, &two).unwrap(), Id([3; 32]));
+        assert_eq!(
+            chosen(RecoveryTarget::Lsn(Lsn(210_000)), &two).unwrap(),
+            Id([1; 32])
+        );
+        // Following timeline 1 instead reaches its whole branch.
+        let one = TimelineHistory::root(1);
+        assert_eq!(chosen(at(5000), &one).unwrap(), Id([4; 32]));
+        assert_eq!(chosen(at(2500), &one).unwrap(), Id([2; 32]));
+        // A timeline whose history holds none of the backups before the target says why.
+        let three = TimelineHistory::parse(3, "1\t0/13880\tbefore 800\n").unwrap();
+        let err = chosen(at(2500), &three).unwrap_err().to_string();
+        assert!(err.contains("--timeline"), "{err}");
     }
 }

@@ -756,6 +756,7 @@ async fn a_pg_backup_job_takes_a_base_backup_that_restores_and_starts() {
                     stream: None,
                     archive_off: true,
                     workers: 0,
+                    timeline: None,
                 },
                 &lifeboat_files::RestoreProgress::default(),
             )
