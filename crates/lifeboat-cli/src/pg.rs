@@ -163,6 +163,10 @@ pub struct PgRestoreArgs {
     /// that history: after a point-in-time restore, `--timeline 1` reaches the abandoned branch.
     #[arg(long, value_name = "TLI", value_parser = clap::value_parser!(u32).range(1..))]
     timeline: Option<u32>,
+    /// Restore a tablespace (by oid or original location) into DIR instead of its original
+    /// location; repeatable. A tablespace's target must be empty unless --delta.
+    #[arg(long = "tablespace-map", value_name = "OID=DIR", value_parser = parse_tablespace_map)]
+    tablespace_map: Vec<(String, PathBuf)>,
     /// Turn WAL archiving off in the restored cluster (restore tests, copies).
     #[arg(long)]
     archive_off: bool,
@@ -189,6 +193,15 @@ fn progress_mode(global: &GlobalArgs) -> crate::progress::Mode {
     } else {
         crate::progress::Mode::Line
     }
+}
+
+fn parse_tablespace_map(text: &str) -> Result<(String, PathBuf), String> {
+    let (key, dir) = text
+        .split_once('=')
+        .filter(|(k, d)| !k.is_empty() && !d.is_empty())
+        .ok_or_else(|| format!("{text:?} is not OID=DIR (or OLD_LOCATION=DIR)"))?;
+    let dir = std::path::absolute(dir).map_err(|e| format!("{dir}: {e}"))?;
+    Ok((key.to_string(), dir))
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn, String> {
@@ -516,6 +529,7 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
         archive_off: args.archive_off,
         workers: 0,
         timeline: Some(plan.history.timeline),
+        tablespace_map: args.tablespace_map.clone(),
     };
     let progress = Arc::new(RestoreProgress::default());
     let display = crate::progress::start_restore(progress.clone(), progress_mode(global));
@@ -544,6 +558,11 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
                 "to": options.to,
                 "standby": options.standby,
                 "timeline": outcome.timeline,
+                "tablespaces": outcome
+                    .tablespaces
+                    .iter()
+                    .map(|(oid, dir)| serde_json::json!({"oid": oid, "to": dir}))
+                    .collect::<Vec<_>>(),
             })
         );
     } else if !global.quiet {
@@ -560,6 +579,9 @@ fn restore(global: &GlobalArgs, args: &PgRestoreArgs) -> Result<ExitCode> {
                 (RecoveryTarget::Lsn(l), _) => format!("recover to LSN {l}"),
             }
         );
+        for (oid, dir) in &outcome.tablespaces {
+            println!("tablespace {oid} restored into {}", dir.display());
+        }
         if args.delta {
             println!(
                 "{}; {} entries the backup lacks removed",

@@ -933,3 +933,68 @@ fn after_a_point_in_time_restore_restores_follow_the_new_timeline_not_the_abando
     let expected: Vec<i64> = (0..20).chain(1000..1010).collect();
     assert_eq!(row_ids(&old), expected);
 }
+
+#[test]
+fn tablespaces_are_backed_up_and_restored_where_the_map_says() {
+    let Some(world) = World::new() else { return };
+    let primary = world.cluster("primary", false);
+    let space = world.path("space");
+    fs::create_dir(&space).unwrap();
+    world.chown(&space);
+    primary.psql(&format!(
+        "CREATE TABLESPACE far LOCATION '{}';\n\
+         CREATE TABLE distant (id int PRIMARY KEY) TABLESPACE far;\n\
+         INSERT INTO distant SELECT generate_series(1, 1000);",
+        space.display()
+    ));
+    let oid = primary.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far';");
+    let backup = world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
+    primary.psql("INSERT INTO distant SELECT generate_series(1001, 1500);");
+    primary.switch_and_wait();
+
+    // The original tablespace is in use: a copy restored beside it must not write there.
+    let copy = world.path("copy");
+    let copy_text = copy.display().to_string();
+    let out = world.lifeboat(&["pg", "restore", "--archive-off", "--to", &copy_text]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tablespace-map"), "{stderr}");
+    assert!(
+        !copy.join("PG_VERSION").exists(),
+        "nothing is written before the refusal"
+    );
+    let out = world.lifeboat(&[
+        "pg",
+        "restore",
+        "--to",
+        &copy_text,
+        "--tablespace-map",
+        "4242=/nowhere",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no tablespace 4242"), "{stderr}");
+
+    let copy_space = world.path("copy-space");
+    let map = format!("{oid}={}", copy_space.display());
+    let (restored, copy) = restore_and_start(&world, "copy", &["--tablespace-map", &map]);
+    assert_eq!(restored["backup"], backup["snapshot"], "{restored}");
+    assert_eq!(
+        restored["tablespaces"][0]["oid"].to_string(),
+        oid,
+        "{restored}"
+    );
+    assert_eq!(
+        fs::read_link(copy.data.join("pg_tblspc").join(&oid)).unwrap(),
+        copy_space
+    );
+    assert_eq!(copy.psql("SELECT count(*) FROM distant;"), "1500");
+    assert_eq!(
+        copy.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'far';"),
+        copy_space.display().to_string()
+    );
+    // The copy writes into its own tablespace, the original keeps its rows.
+    copy.psql("INSERT INTO distant SELECT generate_series(1501, 1600); CHECKPOINT;");
+    assert_eq!(copy.psql("SELECT count(*) FROM distant;"), "1600");
+    assert_eq!(primary.psql("SELECT count(*) FROM distant;"), "1500");
+}

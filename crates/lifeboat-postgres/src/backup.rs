@@ -69,6 +69,67 @@ pub struct BackupState {
     /// The `tablespace_map` file, if the cluster has tablespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespace_map: Option<String>,
+    /// Tablespaces outside the data directory; each one's files are in the snapshot under its
+    /// location.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
+}
+
+/// A tablespace outside the data directory (a symbolic link `pg_tblspc/<oid>` to its location).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    /// The tablespace's oid: its link's name in `pg_tblspc`.
+    pub oid: u32,
+    /// Its directory when the backup ran, as the backup host saw it.
+    pub location: String,
+}
+
+/// The tablespaces of the data directory `data_dir`: the links in `pg_tblspc`. In-place
+/// tablespaces (directories there rather than links) are part of the data directory's copy.
+pub fn tablespaces(data_dir: &Path) -> Result<Vec<Tablespace>> {
+    let dir = data_dir.join("pg_tblspc");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read", &dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
+        let path = entry.path();
+        let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+        let Some(oid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !is_link {
+            continue;
+        }
+        let target = std::fs::read_link(&path).map_err(|e| Error::io("read the link", &path, e))?;
+        let location = if target.is_absolute() {
+            target
+        } else {
+            dir.join(target)
+        };
+        let location =
+            std::path::absolute(&location).map_err(|e| Error::io("resolve", &location, e))?;
+        if location.starts_with(data_dir) {
+            return Err(Error::Unusable(format!(
+                "tablespace {oid} lies inside the data directory ({}); move it out (ALTER \
+                 TABLE ... SET TABLESPACE) before backing up",
+                location.display()
+            )));
+        }
+        found.push(Tablespace {
+            oid,
+            location: location.to_string_lossy().into_owned(),
+        });
+    }
+    found.sort_by_key(|t| t.oid);
+    Ok(found)
 }
 
 impl BackupState {
@@ -235,15 +296,9 @@ pub fn base_backup(
             data_dir.display()
         )));
     }
-    let tablespaces = std::fs::read_dir(data_dir.join("pg_tblspc"))
-        .map(|entries| entries.count())
-        .unwrap_or(0);
-    if tablespaces > 0 {
-        return Err(Error::Unusable(format!(
-            "the cluster has {tablespaces} tablespace(s) outside the data directory; \
-             lifeboat pg backup does not back up tablespaces yet"
-        )));
-    }
+    // Read between pg_backup_start and the copy would be no better: a tablespace created
+    // during the backup is replayed from WAL into the data directory's pg_tblspc anyway.
+    let tablespaces = tablespaces(&data_dir)?;
     let stream = stream_for(system_identifier);
 
     let label = format!("lifeboat {}", jiff::Timestamp::now());
@@ -279,9 +334,12 @@ pub fn base_backup(
         stop_time: None,
         backup_label: None,
         tablespace_map: None,
+        tablespaces: tablespaces.clone(),
     };
+    let mut paths = vec![data_dir.clone()];
+    paths.extend(tablespaces.iter().map(|t| PathBuf::from(&t.location)));
     let files = BackupOptions {
-        paths: vec![data_dir.clone()],
+        paths,
         excludes: excludes(&data_dir),
         tags: options.tags.clone(),
         hostname: options.hostname.clone(),

@@ -374,6 +374,7 @@ mod tests {
                 stop_time: None,
                 backup_label: None,
                 tablespace_map: None,
+                tablespaces: vec![],
             },
         )
     }

@@ -166,6 +166,7 @@ mod tests {
                 stop_time: None,
                 backup_label: None,
                 tablespace_map: None,
+                tablespaces: vec![],
             },
         )
     }

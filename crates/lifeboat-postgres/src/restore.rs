@@ -15,7 +15,7 @@ use lifeboat_files::{RestoreOptions, RestoreProgress, RestoreSummary};
 use lifeboat_repo::{Id, IndexedRepository, NodeKind, Repository, Snapshot};
 
 use crate::archive;
-use crate::backup::{BackupState, base_backups};
+use crate::backup::{BackupState, Tablespace, base_backups};
 use crate::error::{Error, Result};
 use crate::timeline::{self, TimelineHistory};
 use crate::wal::Lsn;
@@ -56,6 +56,9 @@ pub struct PgRestoreOptions {
     pub workers: usize,
     /// The timeline to recover into; `None`: the newest in the archive.
     pub timeline: Option<u32>,
+    /// Where tablespaces go: (oid or original location, directory). Unnamed ones return to
+    /// their original location, which must then be empty (unless `delta`).
+    pub tablespace_map: Vec<(String, PathBuf)>,
 }
 
 /// What a restore did.
@@ -71,6 +74,8 @@ pub struct PgRestoreOutcome {
     pub removed: u64,
     /// The timeline recovery ends on (a standby follows newer ones as they appear).
     pub timeline: u32,
+    /// Each tablespace's oid and the directory it was restored to.
+    pub tablespaces: Vec<(u32, PathBuf)>,
 }
 
 /// What a restore starts from.
@@ -227,44 +232,42 @@ pub fn restore(
         ))
     })?;
     let to = &options.to;
-    let mut removed = 0;
     if to.join("postmaster.pid").exists() {
         return Err(Error::Unusable(format!(
             "{} holds postmaster.pid: a server may be running on it; stop it first",
             to.display()
         )));
     }
-    let not_empty = std::fs::read_dir(to)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if not_empty {
-        if !options.delta {
-            return Err(Error::Unusable(format!(
-                "{} is not empty: restore into an empty directory, or pass --delta to restore \
-                 over it (keeping the files that are unchanged)",
-                to.display()
-            )));
-        }
-        let mut keep = HashSet::new();
-        lifeboat_repo::browse::walk(repo, &data_node, Path::new(""), &mut |path, _| {
-            keep.insert(path.to_path_buf());
-            Ok(true)
-        })?;
-        removed = remove_extra(to, Path::new(""), &keep)?;
+    // Where each tablespace goes, checked before anything is written.
+    let tablespaces = tablespace_targets(&state, options)?;
+    let mut tablespace_nodes = Vec::new();
+    for (space, target) in &tablespaces {
+        let node = lifeboat_repo::browse::lookup(repo, &snapshot.tree, Path::new(&space.location))?
+            .filter(|n| n.kind == NodeKind::Dir)
+            .and_then(|n| n.subtree)
+            .ok_or_else(|| {
+                Error::Unusable(format!(
+                    "snapshot {} has no directory {} for tablespace {}",
+                    backup_id.short(),
+                    space.location,
+                    space.oid
+                ))
+            })?;
+        refuse_unless_empty(
+            target,
+            options.delta,
+            &format!("tablespace {}'s target", space.oid),
+        )?;
+        tablespace_nodes.push(node);
     }
-    let mut data_snapshot = snapshot.clone();
-    data_snapshot.tree = data_node;
-    let summary = lifeboat_files::restore(
-        repo,
-        &data_snapshot,
-        to,
-        &RestoreOptions {
-            delta: options.delta,
-            workers: options.workers,
-            ..Default::default()
-        },
-        progress,
-    )?;
+    refuse_unless_empty(to, options.delta, "the target directory")?;
+    let (mut summary, mut removed) =
+        restore_tree(repo, &snapshot, data_node, to, options, progress)?;
+    for ((_, target), node) in tablespaces.iter().zip(tablespace_nodes) {
+        let (part, gone) = restore_tree(repo, &snapshot, node, target, options, progress)?;
+        removed += gone;
+        add_summary(&mut summary, part);
+    }
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io("set the mode of", to, e))?;
     let recreated: Vec<&str> = crate::backup::EXCLUDED
@@ -278,7 +281,19 @@ pub fn restore(
     }
     let label = state.backup_label.as_deref().unwrap_or_default();
     write_file(&to.join("backup_label"), label)?;
-    if let Some(map) = &state.tablespace_map {
+    if !tablespaces.is_empty() {
+        // PostgreSQL recreates pg_tblspc's links from this file when recovery starts; the
+        // links are set here too, so the directory is consistent before it starts.
+        let mut map = String::new();
+        for (space, target) in &tablespaces {
+            map.push_str(&format!("{} {}\n", space.oid, target.display()));
+            let link = to.join("pg_tblspc").join(space.oid.to_string());
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(target, &link)
+                .map_err(|e| Error::io("create the link", &link, e))?;
+        }
+        write_file(&to.join("tablespace_map"), &map)?;
+    } else if let Some(map) = &state.tablespace_map {
         write_file(&to.join("tablespace_map"), map)?;
     }
     let auto_conf = to.join("postgresql.auto.conf");
@@ -307,6 +322,10 @@ pub fn restore(
             to.join("tablespace_map"),
         ];
         written.extend(recreated.iter().map(|d| to.join(d)));
+        for (space, target) in &tablespaces {
+            written.push(target.clone());
+            written.push(to.join("pg_tblspc").join(space.oid.to_string()));
+        }
         for path in written {
             // Without privileges (a restore by the cluster's owner) this fails or is a no-op,
             // and the files already belong to the right user.
@@ -319,7 +338,130 @@ pub fn restore(
         summary,
         removed,
         timeline: history.timeline,
+        tablespaces: tablespaces
+            .into_iter()
+            .map(|(space, target)| (space.oid, target))
+            .collect(),
     })
+}
+
+/// Each tablespace of the backup and the directory it is restored to: its place in
+/// `options.tablespace_map` (by oid or by original location), else its original location.
+fn tablespace_targets(
+    state: &BackupState,
+    options: &PgRestoreOptions,
+) -> Result<Vec<(Tablespace, PathBuf)>> {
+    for (key, _) in &options.tablespace_map {
+        if !state
+            .tablespaces
+            .iter()
+            .any(|t| t.oid.to_string() == *key || t.location == *key)
+        {
+            let known: Vec<String> = state
+                .tablespaces
+                .iter()
+                .map(|t| format!("{} ({})", t.oid, t.location))
+                .collect();
+            return Err(Error::Unusable(format!(
+                "the backup has no tablespace {key}; it has {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(state
+        .tablespaces
+        .iter()
+        .map(|space| {
+            let target = options
+                .tablespace_map
+                .iter()
+                .find(|(key, _)| *key == space.oid.to_string() || *key == space.location)
+                .map(|(_, dir)| dir.clone())
+                .unwrap_or_else(|| PathBuf::from(&space.location));
+            (space.clone(), target)
+        })
+        .collect())
+}
+
+/// Refuses a non-empty `dir` unless `delta`: a restore never overwrites what it was not asked
+/// to (a copy restored beside its running original would otherwise write into the original's
+/// tablespaces, whose locations the backup records).
+fn refuse_unless_empty(dir: &Path, delta: bool, what: &str) -> Result<()> {
+    let not_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if not_empty && !delta {
+        let hint = if what.starts_with("tablespace") {
+            "restore it elsewhere with --tablespace-map OID=DIR, or pass --delta to restore over it"
+        } else {
+            "restore into an empty directory, or pass --delta to restore over it (keeping the \
+             files that are unchanged)"
+        };
+        return Err(Error::Unusable(format!(
+            "{what} {} is not empty: {hint}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Restores the tree `node` of `snapshot` into `dir` (with `--delta`, first removing what the
+/// tree lacks); returns the summary and how many entries were removed.
+fn restore_tree(
+    repo: &IndexedRepository,
+    snapshot: &Snapshot,
+    node: Id,
+    dir: &Path,
+    options: &PgRestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<(RestoreSummary, u64)> {
+    let mut removed = 0;
+    let not_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if not_empty {
+        let mut keep = HashSet::new();
+        lifeboat_repo::browse::walk(repo, &node, Path::new(""), &mut |path, _| {
+            keep.insert(path.to_path_buf());
+            Ok(true)
+        })?;
+        removed = remove_extra(dir, Path::new(""), &keep)?;
+    }
+    let mut part = snapshot.clone();
+    part.tree = node;
+    let summary = lifeboat_files::restore(
+        repo,
+        &part,
+        dir,
+        &RestoreOptions {
+            delta: options.delta,
+            workers: options.workers,
+            ..Default::default()
+        },
+        progress,
+    )?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("set the mode of", dir, e))?;
+    Ok((summary, removed))
+}
+
+fn add_summary(total: &mut RestoreSummary, part: RestoreSummary) {
+    total.files += part.files;
+    total.reused_files += part.reused_files;
+    total.reused_bytes += part.reused_bytes;
+    total.written_files += part.written_files;
+    total.written_bytes += part.written_bytes;
+    total.local_bytes += part.local_bytes;
+    total.dirs += part.dirs;
+    total.others += part.others;
+    total.hardlinks += part.hardlinks;
+    total.bytes += part.bytes;
+    total.blobs_read += part.blobs_read;
+    total.warnings.extend(part.warnings);
 }
 
 /// Removes entries below `dir` whose path (relative to the data directory) is not in `keep`.
@@ -428,6 +570,7 @@ mod tests {
             archive_off: false,
             workers: 0,
             timeline: None,
+            tablespace_map: vec![],
         }
     }
 
@@ -478,6 +621,7 @@ mod tests {
             stop_time: Some(jiff::Timestamp::from_second(stop_secs).unwrap()),
             backup_label: Some(String::new()),
             tablespace_map: None,
+            tablespaces: vec![],
         }
     }
 

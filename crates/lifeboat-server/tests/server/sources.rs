@@ -757,6 +757,7 @@ async fn a_pg_backup_job_takes_a_base_backup_that_restores_and_starts() {
                     archive_off: true,
                     workers: 0,
                     timeline: None,
+                    tablespace_map: vec![],
                 },
                 &lifeboat_files::RestoreProgress::default(),
             )
