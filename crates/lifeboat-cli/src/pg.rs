@@ -133,6 +133,10 @@ pub struct PgBackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long)]
     host: Option<String>,
+    /// Backing up a standby: how long to wait for the primary to archive the last WAL the
+    /// backup needs.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    wal_wait_secs: u64,
 }
 
 #[derive(Args)]
@@ -367,6 +371,7 @@ fn backup(global: &GlobalArgs, args: &PgBackupArgs) -> Result<ExitCode> {
         username: crate::username(),
         tags: args.tags.clone(),
         writer: Default::default(),
+        wal_wait: Some(std::time::Duration::from_secs(args.wal_wait_secs)),
     };
     let progress = Arc::new(BackupProgress::default());
     let display = crate::progress::start_backup(progress.clone(), progress_mode(global));
@@ -393,6 +398,7 @@ fn backup(global: &GlobalArgs, args: &PgBackupArgs) -> Result<ExitCode> {
                 "summary": outcome.snapshot.summary,
                 "vanished_files": outcome.vanished,
                 "wal_missing": outcome.wal_missing,
+                "from_standby": state.from_standby,
                 "warnings": outcome.warnings,
             })
         );
@@ -415,6 +421,15 @@ fn backup(global: &GlobalArgs, args: &PgBackupArgs) -> Result<ExitCode> {
             "warning: could not remove the provisional snapshot {} (append-only storage?); it is marked incomplete and ignored by pg restore",
             id.short()
         );
+    }
+    if !outcome.wal_missing.is_empty() && state.from_standby {
+        eprintln!(
+            "error: the primary did not archive the WAL this standby backup needs ({}) in time: \
+             on a quiet primary run SELECT pg_switch_wal() there or set archive_timeout; the \
+             backup becomes restorable once they are archived (`lifeboat pg check` shows it)",
+            outcome.wal_missing.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if !outcome.wal_missing.is_empty() {
         eprintln!(

@@ -998,3 +998,61 @@ fn tablespaces_are_backed_up_and_restored_where_the_map_says() {
     assert_eq!(copy.psql("SELECT count(*) FROM distant;"), "1600");
     assert_eq!(primary.psql("SELECT count(*) FROM distant;"), "1500");
 }
+
+#[test]
+fn a_base_backup_taken_from_a_standby_restores_with_every_row() {
+    let Some(world) = World::new() else { return };
+    let primary = world.cluster("primary", false);
+    primary.psql(SCHEMA);
+    insert_rows(&primary, 0..10);
+    let first = world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
+    primary.switch_and_wait();
+    let standby_dir = world.path("standby");
+    world.lifeboat_json(&[
+        "pg",
+        "restore",
+        "--standby",
+        "--to",
+        &standby_dir.display().to_string(),
+    ]);
+    let standby = Cluster {
+        world_dir: world.dir.path().to_path_buf(),
+        bin: world.bin.clone(),
+        data: standby_dir,
+        port: 0,
+    }
+    .start_on(free_port());
+    insert_rows(&primary, 10..20);
+    primary.psql("CHECKPOINT;");
+    primary.switch_and_wait();
+    wait_until("the standby to replay rows 10..20", || {
+        let out = standby.psql_out("SELECT count(*) FROM rows;");
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "20"
+    });
+
+    // The backup reads the standby's files; the primary goes on writing meanwhile.
+    let backup = world.lifeboat_json(&["pg", "backup", "--connect", &standby.conninfo()]);
+    assert_eq!(backup["from_standby"], true, "{backup}");
+    assert!(
+        backup["wal_missing"].as_array().unwrap().is_empty(),
+        "{backup}"
+    );
+    assert!(backup["stop_lsn"].as_str().is_some(), "{backup}");
+    insert_rows(&primary, 20..30);
+    primary.switch_and_wait();
+    let report = world.lifeboat_json(&["pg", "check"]);
+    let standby_backup = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == backup["snapshot"])
+        .unwrap_or_else(|| panic!("{report}"))
+        .clone();
+    assert_eq!(standby_backup["restorable"], true, "{report}");
+
+    // The newest backup is the standby's: restores start from it and see every row.
+    let (restored, copy) = restore_and_start(&world, "copy", &["--latest"]);
+    assert_eq!(restored["backup"], backup["snapshot"], "{restored}");
+    assert_ne!(restored["backup"], first["snapshot"]);
+    assert_eq!(row_ids(&copy), (0..30).collect::<Vec<_>>());
+}

@@ -73,6 +73,14 @@ pub struct BackupState {
     /// location.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<Tablespace>,
+    /// True for a backup taken from a standby.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_standby: bool,
+    /// A standby backup's `global/pg_control`, read after `pg_backup_stop` (hex). Its
+    /// minimum recovery point is where the restored copy becomes consistent, so it must be
+    /// copied after every other file; restore writes it over the one in the file tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_file: Option<String>,
 }
 
 /// A tablespace outside the data directory (a symbolic link `pg_tblspc/<oid>` to its location).
@@ -162,6 +170,9 @@ pub struct BaseBackupOptions {
     pub tags: Vec<String>,
     /// Tuning of the write pipeline.
     pub writer: WriterOptions,
+    /// How long a backup from a standby waits for the primary to archive the WAL it needs
+    /// (`None`: 10 minutes). A backup on a primary waits in `pg_backup_stop` instead.
+    pub wal_wait: Option<std::time::Duration>,
 }
 
 /// What a base backup did.
@@ -258,8 +269,10 @@ pub fn base_backup(
              (pg_backup_start/pg_backup_stop)"
         )));
     }
+    let from_standby = session.query_value("SELECT pg_is_in_recovery()")?.trim() == "t";
+    // On a standby the primary's archiving is what counts; this one's setting is moot.
     let archive_mode = session.query_value("SHOW archive_mode")?;
-    if archive_mode.trim() == "off" {
+    if archive_mode.trim() == "off" && !from_standby {
         return Err(Error::Unusable(
             "archive_mode is off: a base backup cannot be restored without the WAL written during \
              it. Set archive_mode = on and archive_command = 'lifeboat pg archive-push %p' \
@@ -335,6 +348,8 @@ pub fn base_backup(
         backup_label: None,
         tablespace_map: None,
         tablespaces: tablespaces.clone(),
+        from_standby,
+        control_file: None,
     };
     let mut paths = vec![data_dir.clone()];
     paths.extend(tablespaces.iter().map(|t| PathBuf::from(&t.location)));
@@ -359,11 +374,25 @@ pub fn base_backup(
          encode(convert_to(coalesce(s.spcmapfile, ''), 'UTF8'), 'hex'), {UTC_NOW} \
          FROM pg_backup_stop(true) AS s"
     ))?;
-    session.close();
-    let stop_lsn = Lsn::parse(&stop[0]).ok_or_else(|| Error::Postgres {
+    let mut stop_lsn = Lsn::parse(&stop[0]).ok_or_else(|| Error::Postgres {
         what: "pg_backup_stop".to_string(),
         message: format!("unexpected LSN {:?}", stop[0]),
     })?;
+    let mut stop_time = parse_time(&stop[3])?;
+    if from_standby {
+        // A standby's copy becomes consistent at its pg_control's minimum recovery point,
+        // which must cover every page copied: so pg_control is read now, after the copy, and
+        // the backup ends no earlier than the point the server reports after that read.
+        let control = read_control_file(&data_dir)?;
+        let row = session.query_row(&format!(
+            "SELECT min_recovery_end_lsn::text, {UTC_NOW} FROM pg_control_recovery()"
+        ))?;
+        if let Some(point) = Lsn::parse(&row[0]) {
+            stop_lsn = stop_lsn.max(point);
+        }
+        stop_time = parse_time(&row[1])?;
+        state.control_file = Some(hex::encode(control));
+    }
     let backup_label = from_hex(&stop[1])?;
     let tablespace_map = from_hex(&stop[2])?;
     if let Some(t) = label_timeline(&backup_label) {
@@ -374,9 +403,11 @@ pub fn base_backup(
         WalFile::segment(timeline, start_lsn.segment(segment_size), segment_size).to_string();
     state.complete = true;
     state.stop_lsn = Some(stop_lsn);
-    state.stop_wal =
-        Some(WalFile::segment(timeline, stop_lsn.segment(segment_size), segment_size).to_string());
-    state.stop_time = Some(parse_time(&stop[3])?);
+    state.stop_wal = Some(
+        WalFile::segment(timeline, stop_lsn.end_segment(segment_size), segment_size).to_string(),
+    );
+    state.stop_time = Some(stop_time);
+    session.close();
     state.backup_label = Some(backup_label);
     state.tablespace_map = (!tablespace_map.is_empty()).then_some(tablespace_map);
 
@@ -409,15 +440,32 @@ pub fn base_backup(
         .forget_snapshot(&outcome.snapshot_id)
         .err()
         .map(|_| outcome.snapshot_id);
-    // pg_backup_stop waited for the WAL to be archived; check that it was archived here.
-    let archived: std::collections::HashSet<String> = crate::archive::list(repo, &stream)?
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    let wal_missing = (start_lsn.segment(segment_size)..=stop_lsn.segment(segment_size))
-        .map(|segno| WalFile::segment(timeline, segno, segment_size).to_string())
-        .filter(|name| !archived.contains(name))
-        .collect();
+    // pg_backup_stop waited for the WAL to be archived (on a primary); check that it was
+    // archived here. A standby's last segment is archived by the primary once it fills or
+    // switches: wait for it.
+    let missing = || -> Result<Vec<String>> {
+        let archived: std::collections::HashSet<String> = crate::archive::list(repo, &stream)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        Ok(
+            (start_lsn.segment(segment_size)..=stop_lsn.end_segment(segment_size))
+                .map(|segno| WalFile::segment(timeline, segno, segment_size).to_string())
+                .filter(|name| !archived.contains(name))
+                .collect(),
+        )
+    };
+    let mut wal_missing = missing()?;
+    if from_standby && !wal_missing.is_empty() {
+        let deadline = std::time::Instant::now()
+            + options
+                .wal_wait
+                .unwrap_or(std::time::Duration::from_secs(600));
+        while !wal_missing.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            wal_missing = missing()?;
+        }
+    }
     Ok(BaseBackupOutcome {
         snapshot_id,
         snapshot,
@@ -427,6 +475,25 @@ pub fn base_backup(
         leftover,
         wal_missing,
     })
+}
+
+/// `global/pg_control`, read until two reads agree (PostgreSQL rewrites it in place, so one
+/// read could see half of an update).
+fn read_control_file(data_dir: &Path) -> Result<Vec<u8>> {
+    let path = data_dir.join("global").join("pg_control");
+    let read = || std::fs::read(&path).map_err(|e| Error::io("read control file", &path, e));
+    let mut last = read()?;
+    for _ in 0..10 {
+        let next = read()?;
+        if next == last {
+            return Ok(next);
+        }
+        last = next;
+    }
+    Err(Error::Unusable(format!(
+        "{} kept changing while it was read",
+        path.display()
+    )))
 }
 
 /// The `START TIMELINE:` line of a backup label.

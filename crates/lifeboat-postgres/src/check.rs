@@ -189,7 +189,7 @@ pub fn chain_report(
         .iter()
         .map(|(id, s)| {
             let start = start_segno(s);
-            let stop = s.stop_lsn.map(|l| l.segment(segment_size));
+            let stop = s.stop_lsn.map(|l| l.end_segment(segment_size));
             let mut replays_to = None;
             let mut expected = start;
             for (&segno, &tl) in present.range(start..) {
@@ -375,6 +375,8 @@ mod tests {
                 backup_label: None,
                 tablespace_map: None,
                 tablespaces: vec![],
+                from_standby: false,
+                control_file: None,
             },
         )
     }

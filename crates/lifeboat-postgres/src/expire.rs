@@ -167,6 +167,8 @@ mod tests {
                 backup_label: None,
                 tablespace_map: None,
                 tablespaces: vec![],
+                from_standby: false,
+                control_file: None,
             },
         )
     }

@@ -279,6 +279,21 @@ pub fn restore(
         let path = to.join(dir);
         std::fs::create_dir_all(&path).map_err(|e| Error::io("create", &path, e))?;
     }
+    if let Some(control) = &state.control_file {
+        let bytes = hex::decode(control).map_err(|e| {
+            Error::Unusable(format!(
+                "backup {} holds an unreadable control file: {e}",
+                backup_id.short()
+            ))
+        })?;
+        let path = to.join("global").join("pg_control");
+        archive::write_atomically(&path, &bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("set the mode of", &path, e))?;
+        if let Some((uid, gid)) = owner {
+            let _ = std::os::unix::fs::lchown(&path, Some(uid), Some(gid));
+        }
+    }
     let label = state.backup_label.as_deref().unwrap_or_default();
     write_file(&to.join("backup_label"), label)?;
     if !tablespaces.is_empty() {
@@ -622,6 +637,8 @@ mod tests {
             backup_label: Some(String::new()),
             tablespace_map: None,
             tablespaces: vec![],
+            from_standby: false,
+            control_file: None,
         }
     }
 

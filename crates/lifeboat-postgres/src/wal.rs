@@ -28,6 +28,13 @@ impl Lsn {
     pub fn segment(self, segment_size: u64) -> u64 {
         self.0 / segment_size
     }
+
+    /// The number of the segment holding the byte before this position: where WAL that ends
+    /// here ends. A standby's minimum recovery point, for one, often falls exactly on a segment
+    /// boundary, and the segment it starts is not needed.
+    pub fn end_segment(self, segment_size: u64) -> u64 {
+        self.0.saturating_sub(1) / segment_size
+    }
 }
 
 impl fmt::Display for Lsn {
@@ -228,6 +235,11 @@ mod tests {
         );
         // 1 GiB segments: four per log.
         assert_eq!(file.segno(1 << 30), Some(4 + 2));
+        let boundary = Lsn(4 * DEFAULT_SEGMENT_SIZE);
+        assert_eq!(boundary.segment(DEFAULT_SEGMENT_SIZE), 4);
+        assert_eq!(boundary.end_segment(DEFAULT_SEGMENT_SIZE), 3);
+        assert_eq!(Lsn(boundary.0 + 1).end_segment(DEFAULT_SEGMENT_SIZE), 4);
+        assert_eq!(Lsn(0).end_segment(DEFAULT_SEGMENT_SIZE), 0);
     }
 
     #[test]

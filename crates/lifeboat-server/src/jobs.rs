@@ -1018,6 +1018,7 @@ pub fn execute(
                 username: "lifeboat-server".into(),
                 tags: o.tags,
                 writer: Default::default(),
+                wal_wait: None,
             };
             let progress = lifeboat_files::BackupProgress::default();
             let outcome = lifeboat_postgres::base_backup(&mut repo, &backup_options, &progress)
