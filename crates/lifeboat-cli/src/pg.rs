@@ -267,20 +267,33 @@ fn archive_push(global: &GlobalArgs, args: &ArchivePushArgs) -> Result<ExitCode>
     }
     let repo = crate::open(global)?;
     let opened = started.elapsed();
-    let outcome = archive::push(&repo, &stream, &args.path)
-        .with_context(|| format!("cannot archive {}", args.path.display()))?;
-    if let Some(spool) = &args.spool {
+    let outcome = if let Some(spool) = &args.spool {
         let (name, _) = archive::wal_name(&args.path)?;
         let wal_dir = match args.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
-        let pushed = archive::ahead::push_ready(
-            &repo, &stream, &wal_dir, spool, &name, args.ahead, threads,
-        )?;
-        tracing::info!(pushed, "pushed ahead");
+        // The segment asked for and the ready ones behind it are stored side by side, so the
+        // call costs about as long as its share of the batch rather than one push plus the
+        // batch. Only this segment's result decides the exit status.
+        let (own, ahead) = std::thread::scope(|scope| {
+            let ahead = scope.spawn(|| {
+                archive::ahead::push_ready(&repo, &stream, &wal_dir, spool, &name, args.ahead, threads)
+            });
+            let own = archive::push(&repo, &stream, &args.path);
+            (own, ahead.join())
+        });
+        match ahead {
+            Ok(Ok(pushed)) => tracing::info!(pushed, "pushed ahead"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pushing ahead failed; PostgreSQL's own calls will store those segments"),
+            Err(_) => tracing::warn!("pushing ahead panicked"),
+        }
+        own
+    } else {
+        archive::push(&repo, &stream, &args.path)
     }
+    .with_context(|| format!("cannot archive {}", args.path.display()))?;
     tracing::info!(
         path = %args.path.display(),
         ?outcome,
