@@ -38,6 +38,17 @@ use lifeboat_repo::{Id, IdMap, IndexedRepository, Node, NodeKind, Snapshot};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, Warning};
+
+/// Whether `name` is a delta restore's temporary file name, `.lifeboat-tmp-<pid>-<n>`.
+fn is_temp_name(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(b".lifeboat-tmp-") else {
+        return false;
+    };
+    let mut parts = rest.split(|&b| b == b'-');
+    let numeric =
+        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
+}
 use crate::meta::{Host, apply_metadata, apply_to_new_file, finish_file, finish_open_file};
 
 /// How to restore.
@@ -256,6 +267,26 @@ impl Planner<'_> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
     }
 
+    /// With `delta`: removes temporary files an earlier, interrupted delta restore left in
+    /// `dir` (a killed restore cannot clean up after itself, and nothing else would). Only
+    /// names of exactly this restore's pattern that the snapshot does not hold are touched.
+    fn remove_stale_temps(&mut self, dir: &Path, nodes: &[Node]) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !is_temp_name(name.as_bytes()) || nodes.iter().any(|n| n.name.0 == name.as_bytes()) {
+                continue;
+            }
+            let path = entry.path();
+            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            if is_file && let Err(e) = std::fs::remove_file(&path) {
+                self.warn(&path, format!("cannot remove a stale temporary file: {e}"));
+            }
+        }
+    }
+
     /// Walks one tree. `included` is true when an ancestor matched the include filter.
     fn walk(
         &mut self,
@@ -265,6 +296,9 @@ impl Planner<'_> {
         included: bool,
     ) -> Result<bool> {
         let tree = self.repo.read_tree(tree_id)?;
+        if self.delta {
+            self.remove_stale_temps(target_dir, &tree.nodes);
+        }
         let mut any = false;
         for node in tree.nodes {
             let name = OsStr::from_bytes(&node.name.0);
@@ -943,5 +977,18 @@ impl RestoreSummary {
                 path: path.to_path_buf(),
                 message,
             }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_delta_temporary_names_count_as_temporary() {
+        assert!(super::is_temp_name(b".lifeboat-tmp-123-0"));
+        assert!(!super::is_temp_name(b".lifeboat-tmp-123"));
+        assert!(!super::is_temp_name(b".lifeboat-tmp-123-x"));
+        assert!(!super::is_temp_name(b".lifeboat-tmp--1"));
+        assert!(!super::is_temp_name(b".lifeboat-tmp-1-2-3"));
+        assert!(!super::is_temp_name(b"lifeboat-tmp-1-2"));
     }
 }

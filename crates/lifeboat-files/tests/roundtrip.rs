@@ -429,8 +429,16 @@ fn delta_restore_over_an_identical_tree_reuses_every_file_and_reads_no_blob() {
     fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     filetime::set_file_mtime(&big, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
     let inode = fs::metadata(&big).unwrap().ino();
+    // What a killed delta restore leaves behind is removed by the next one; a file of the
+    // user's that merely looks similar is not.
+    // (In the target's top directory, whose times the comparison below does not check.)
+    fs::write(target.join(".lifeboat-tmp-4242-7"), b"half a file").unwrap();
+    fs::write(target.join(".lifeboat-tmp-notes"), b"mine").unwrap();
 
     let summary = restore_with(&repo, &outcome, &target, &delta());
+    assert!(!target.join(".lifeboat-tmp-4242-7").exists());
+    assert!(target.join(".lifeboat-tmp-notes").exists());
+    fs::remove_file(target.join(".lifeboat-tmp-notes")).unwrap();
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
     assert_eq!(summary.files, first.files);
     assert_eq!(summary.reused_files, summary.files, "{summary:?}");
