@@ -194,6 +194,31 @@ fn filetime_of(t: Timespec) -> filetime::FileTime {
     filetime::FileTime::from_unix_time(t.sec, t.nsec)
 }
 
+/// Removes the `user.` extended attributes of an existing, kept file that `node` does not have,
+/// so that a delta restore leaves the attributes the snapshot recorded. Other namespaces
+/// (`security.`, `system.`, `trusted.`) belong to the system the target lives on and are left.
+pub fn remove_extra_user_xattrs(path: &Path, node: &Node) -> Vec<String> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if is_unsupported(&e) => return Vec::new(),
+        Err(e) => return vec![format!("cannot list extended attributes: {e}")],
+    };
+    let mut problems = Vec::new();
+    for name in names {
+        let bytes = name.as_bytes();
+        if !bytes.starts_with(b"user.") || node.xattrs.iter().any(|a| a.name.0 == bytes) {
+            continue;
+        }
+        if let Err(e) = xattr::remove(path, &name) {
+            problems.push(format!(
+                "cannot remove extended attribute {}: {e}",
+                name.to_string_lossy()
+            ));
+        }
+    }
+    problems
+}
+
 /// Applies ownership (when root), extended attributes, permissions and times to a restored
 /// entry, in that order: chown clears set-id bits, and xattrs may be refused once a file is
 /// read-only. Returns the problems met; none of them is fatal.

@@ -49,7 +49,10 @@ fn is_temp_name(name: &[u8]) -> bool {
         |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
     numeric(parts.next()) && numeric(parts.next()) && parts.next().is_none()
 }
-use crate::meta::{Host, apply_metadata, apply_to_new_file, finish_file, finish_open_file};
+use crate::meta::{
+    Host, apply_metadata, apply_to_new_file, finish_file, finish_open_file,
+    remove_extra_user_xattrs,
+};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -900,6 +903,7 @@ pub fn restore(
             summary.bytes += file.node.size;
             summary.reused_files += 1;
             summary.reused_bytes += file.node.size;
+            summary.note(&file.path, remove_extra_user_xattrs(&file.path, &file.node));
             summary.note(&file.path, apply_metadata(&file.path, &file.node, as_root));
             continue;
         }

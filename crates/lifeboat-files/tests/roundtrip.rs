@@ -429,6 +429,8 @@ fn delta_restore_over_an_identical_tree_reuses_every_file_and_reads_no_blob() {
     fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     filetime::set_file_mtime(&big, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
     let inode = fs::metadata(&big).unwrap().ino();
+    // An extended attribute the snapshot lacks goes (where the filesystem has user xattrs).
+    let xattrs = xattr::set(&big, "user.added-later", b"x").is_ok();
     // What a killed delta restore leaves behind is removed by the next one; a file of the
     // user's that merely looks similar is not.
     // (In the target's top directory, whose times the comparison below does not check.)
@@ -437,6 +439,11 @@ fn delta_restore_over_an_identical_tree_reuses_every_file_and_reads_no_blob() {
 
     let summary = restore_with(&repo, &outcome, &target, &delta());
     assert!(!target.join(".lifeboat-tmp-4242-7").exists());
+    if xattrs {
+        assert_eq!(xattr::get(&big, "user.added-later").unwrap(), None);
+    } else {
+        eprintln!("this filesystem has no user xattrs: their removal was not checked");
+    }
     assert!(target.join(".lifeboat-tmp-notes").exists());
     fs::remove_file(target.join(".lifeboat-tmp-notes")).unwrap();
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
