@@ -188,6 +188,10 @@ pub struct PgStatusArgs {
     stream: StreamArgs,
     #[command(flatten)]
     connect: ConnectArgs,
+    /// Print the figures in Prometheus' text format (for node_exporter's textfile
+    /// collector: run from a timer, write to a temporary file and rename it into place).
+    #[arg(long)]
+    prometheus: bool,
 }
 
 /// A progress line on a terminal; nothing otherwise (`--json` output stays one document).
@@ -692,7 +696,9 @@ fn status(global: &GlobalArgs, args: &PgStatusArgs) -> Result<ExitCode> {
     if let Some(session) = session {
         session.close();
     }
-    if global.json {
+    if args.prometheus {
+        print!("{}", status.prometheus(jiff::Timestamp::now()));
+    } else if global.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         println!("stream:          {}", status.stream);

@@ -444,6 +444,28 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
     assert_eq!(status["base_backups"], 2, "{status}");
     assert_eq!(status["server"]["lag_segments"], 0, "{status}");
     assert!(status["last_archived"].as_str().is_some(), "{status}");
+    let metrics = check(
+        world.lifeboat(&[
+            "pg",
+            "status",
+            "--prometheus",
+            "--connect",
+            &primary.conninfo(),
+        ]),
+        "pg status --prometheus",
+    );
+    let stream = status["stream"].as_str().unwrap();
+    for line in [
+        format!("lifeboat_pg_base_backups{{stream=\"{stream}\"}} 2"),
+        format!("lifeboat_pg_archive_lag_segments{{stream=\"{stream}\"}} 0"),
+        format!("lifeboat_pg_archive_failures_total{{stream=\"{stream}\"}} 0"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("lifeboat_pg_last_backup_age_seconds{"),
+        "{metrics}"
+    );
 
     let restore_and_count = |name: &str, args: &[&str]| -> (serde_json::Value, i64) {
         let dir = world.path(name);

@@ -245,6 +245,69 @@ pub struct Status {
     pub server: Option<ServerStatus>,
 }
 
+impl Status {
+    /// The figures in Prometheus' text format (for node_exporter's textfile collector, say),
+    /// as of `now`. Server figures appear only when the status has them.
+    pub fn prometheus(&self, now: jiff::Timestamp) -> String {
+        let stream = self.stream.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, kind: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{stream=\"{stream}\"}} {value}\n"
+            ));
+        };
+        metric(
+            "lifeboat_pg_archived_files",
+            "WAL files in the repository.",
+            "gauge",
+            self.archived_files.to_string(),
+        );
+        metric(
+            "lifeboat_pg_base_backups",
+            "Complete base backups in the repository.",
+            "gauge",
+            self.base_backups.to_string(),
+        );
+        if let Some(stop) = self.last_backup.as_ref().and_then(|b| b.stop_time) {
+            let at = stop.as_millisecond() as f64 / 1000.0;
+            metric(
+                "lifeboat_pg_last_backup_timestamp_seconds",
+                "When the newest complete base backup became consistent.",
+                "gauge",
+                format!("{at:.3}"),
+            );
+            let age = (now.as_millisecond() - stop.as_millisecond()).max(0) as f64 / 1000.0;
+            metric(
+                "lifeboat_pg_last_backup_age_seconds",
+                "Seconds since the newest complete base backup became consistent.",
+                "gauge",
+                format!("{age:.3}"),
+            );
+        }
+        if let Some(server) = &self.server {
+            metric(
+                "lifeboat_pg_archive_lag_segments",
+                "Complete WAL segments the server has not yet archived into the repository.",
+                "gauge",
+                server.lag_segments.to_string(),
+            );
+            metric(
+                "lifeboat_pg_archive_lag_seconds",
+                "Seconds since the server last archived a segment while segments are waiting.",
+                "gauge",
+                format!("{:.3}", server.lag_seconds),
+            );
+            metric(
+                "lifeboat_pg_archive_failures_total",
+                "Failed archive_command calls since the server's statistics were reset.",
+                "counter",
+                server.failed_count.to_string(),
+            );
+        }
+        out
+    }
+}
+
 /// The newest base backup.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastBackup {
@@ -384,6 +447,48 @@ mod tests {
     /// Timeline 2 branched off timeline 1 in segment 4.
     fn after_promotion() -> TimelineHistory {
         TimelineHistory::parse(2, "1\t0/4000100\tno recovery target specified\n").unwrap()
+    }
+
+    #[test]
+    fn status_figures_render_as_prometheus_text() {
+        let at = |s| jiff::Timestamp::from_second(s).unwrap();
+        let mut status = Status {
+            stream: "pg-1".to_string(),
+            archived_files: 12,
+            last_archived: Some("00000001000000000000000C".to_string()),
+            base_backups: 2,
+            last_backup: Some(LastBackup {
+                id: Id([1; 32]),
+                stop_time: Some(at(1_000)),
+                stop_lsn: Some(Lsn(5)),
+            }),
+            server: None,
+        };
+        let text = status.prometheus(at(1_090));
+        assert!(
+            text.contains("lifeboat_pg_archived_files{stream=\"pg-1\"} 12\n"),
+            "{text}"
+        );
+        assert!(text.contains("lifeboat_pg_base_backups{stream=\"pg-1\"} 2\n"));
+        assert!(text.contains("lifeboat_pg_last_backup_age_seconds{stream=\"pg-1\"} 90.000\n"));
+        assert!(text.contains("# TYPE lifeboat_pg_last_backup_timestamp_seconds gauge\n"));
+        assert!(
+            !text.contains("archive_lag"),
+            "no server figures without a server"
+        );
+        status.server = Some(ServerStatus {
+            current_lsn: Lsn(0),
+            current_wal: String::new(),
+            lag_segments: 3,
+            lag_seconds: 42.5,
+            last_archived_time: None,
+            failed_count: 7,
+            last_failed_wal: None,
+        });
+        let text = status.prometheus(at(1_090));
+        assert!(text.contains("lifeboat_pg_archive_lag_segments{stream=\"pg-1\"} 3\n"));
+        assert!(text.contains("lifeboat_pg_archive_lag_seconds{stream=\"pg-1\"} 42.500\n"));
+        assert!(text.contains("# TYPE lifeboat_pg_archive_failures_total counter\n"));
     }
 
     #[test]
