@@ -936,6 +936,17 @@ fn after_a_point_in_time_restore_restores_follow_the_new_timeline_not_the_abando
     };
     assert_eq!(on_timeline(&before["snapshot"]), true);
     assert_eq!(on_timeline(&abandoned["snapshot"]), false);
+    // Retention counts backups on timeline 2's history: keeping one keeps the backup the new
+    // timeline restores from, although the abandoned branch's is newer.
+    let plan = world.lifeboat_json(&["pg", "expire", "--keep", "1", "--dry-run"]);
+    assert!(
+        plan["keep"]
+            .as_array()
+            .unwrap()
+            .contains(&before["snapshot"]),
+        "{plan}"
+    );
+    assert!(plan["forget"].as_array().unwrap().is_empty(), "{plan}");
 
     // A time on timeline 2 before it has a backup of its own: the abandoned branch's backup
     // ends before that time too, but only the one from before the branch point leads there.

@@ -100,14 +100,15 @@ pub fn check_chain(repo: &Repository, stream: &str) -> Result<ChainReport> {
         .filter(|(_, _, s)| s.stream == stream)
         .map(|(id, _, s)| (id, s))
         .collect();
-    let newest = timeline::newest(
-        files.iter().map(|(_, f)| f),
+    let history = timeline::newest_history(
+        repo,
+        stream,
+        &files,
         backups
             .iter()
             .filter(|(_, s)| s.complete)
             .map(|(_, s)| s.timeline),
-    );
-    let history = timeline::load(repo, stream, newest)?;
+    )?;
     Ok(chain_report(stream, &files, &backups, &history))
 }
 

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::archive;
 use crate::backup::{BackupState, base_backups};
 use crate::error::{Error, Result};
+use crate::timeline::{self, TimelineHistory};
 use crate::wal::WalFile;
 
 /// What retention will do.
@@ -42,11 +43,18 @@ pub struct ExpirePolicy {
 
 /// Plans retention for one cluster: the backups `policy` keeps, and the WAL from the oldest
 /// kept backup's start on. `now` is the end of a `keep_within` window.
+///
+/// The rules count the backups on `history` (the newest timeline's): after a point-in-time
+/// recovery, backups of the abandoned branch taken after the branch point cannot restore the
+/// new timeline, and counting them could forget the only backup that can. They are kept while
+/// they are no older than the oldest backup the rules keep (for a look at the old branch), and
+/// forgotten after that.
 pub fn plan(
     policy: &ExpirePolicy,
     now: jiff::Timestamp,
     backups: &[(Id, BackupState)],
     files: &[(String, WalFile)],
+    history: &TimelineHistory,
 ) -> Result<ExpirePlan> {
     if policy.keep_last == Some(0) {
         return Err(Error::Unusable(
@@ -54,9 +62,28 @@ pub fn plan(
                 .to_string(),
         ));
     }
-    let mut complete: Vec<&(Id, BackupState)> =
-        backups.iter().filter(|(_, s)| s.complete).collect();
+    let on_history = |s: &BackupState| {
+        s.stop_lsn
+            .is_some_and(|stop| history.contains(s.timeline, stop))
+    };
+    let stopped = |s: &BackupState| s.stop_time.unwrap_or(s.start_time);
+    let mut complete: Vec<&(Id, BackupState)> = backups
+        .iter()
+        .filter(|(_, s)| s.complete && on_history(s))
+        .collect();
     complete.sort_by_key(|(_, s)| (s.stop_lsn, s.stop_time));
+    let branch: Vec<&(Id, BackupState)> = backups
+        .iter()
+        .filter(|(_, s)| s.complete && !on_history(s))
+        .collect();
+    let keep_all = || {
+        let mut all: Vec<&(Id, BackupState)> = complete.iter().chain(&branch).copied().collect();
+        all.sort_by_key(|(_, s)| stopped(s));
+        ExpirePlan {
+            keep: all.iter().map(|(id, _)| *id).collect(),
+            ..Default::default()
+        }
+    };
     // Index of the oldest backup each rule keeps.
     let by_count = policy.keep_last.map(|n| complete.len().saturating_sub(n));
     let by_window = match policy.keep_within {
@@ -66,7 +93,6 @@ pub fn plan(
                 .checked_sub(span)
                 .map_err(|e| Error::Unusable(format!("recovery window {span}: {e}")))?
                 .timestamp();
-            let stopped = |s: &BackupState| s.stop_time.unwrap_or(s.start_time);
             Some(
                 complete
                     .iter()
@@ -81,19 +107,21 @@ pub fn plan(
             "say what to keep: --keep N and/or --keep-within DURATION".to_string(),
         ));
     };
-    if oldest_kept == 0 {
-        return Ok(ExpirePlan {
-            keep: complete.iter().map(|(id, _)| *id).collect(),
-            ..Default::default()
-        });
+    if oldest_kept == 0 || complete.is_empty() {
+        return Ok(keep_all());
     }
     let (old, kept) = complete.split_at(oldest_kept);
     let oldest = &kept[0].1;
+    let (branch_kept, branch_old): (Vec<_>, Vec<_>) = branch
+        .iter()
+        .partition(|(_, s)| stopped(s) >= stopped(oldest));
+    let mut keep: Vec<&(Id, BackupState)> = kept.iter().chain(&branch_kept).copied().collect();
+    keep.sort_by_key(|(_, s)| stopped(s));
     let segment_size = oldest.segment_size;
     let from = WalFile::parse(&oldest.start_wal)
         .and_then(|f| f.segno(segment_size))
         .unwrap_or_else(|| oldest.start_lsn.segment(segment_size));
-    let mut forget: Vec<Id> = old.iter().map(|(id, _)| *id).collect();
+    let mut forget: Vec<Id> = old.iter().chain(&branch_old).map(|(id, _)| *id).collect();
     forget.extend(
         backups
             .iter()
@@ -107,7 +135,7 @@ pub fn plan(
         .map(|(name, _)| name.clone())
         .collect();
     Ok(ExpirePlan {
-        keep: kept.iter().map(|(id, _)| *id).collect(),
+        keep: keep.iter().map(|(id, _)| *id).collect(),
         forget,
         wal_from: Some(oldest.start_wal.clone()),
         delete_wal,
@@ -121,12 +149,17 @@ pub fn plan_for(repo: &Repository, stream: &str, policy: &ExpirePolicy) -> Resul
         .filter(|(_, _, s)| s.stream == stream)
         .map(|(id, _, s)| (id, s))
         .collect();
-    plan(
-        policy,
-        jiff::Timestamp::now(),
-        &backups,
-        &archive::list(repo, stream)?,
-    )
+    let files = archive::list(repo, stream)?;
+    let history = timeline::newest_history(
+        repo,
+        stream,
+        &files,
+        backups
+            .iter()
+            .filter(|(_, s)| s.complete)
+            .map(|(_, s)| s.timeline),
+    )?;
+    plan(policy, jiff::Timestamp::now(), &backups, &files, &history)
 }
 
 /// Carries out a plan: forgets the backups, then deletes the WAL.
@@ -194,7 +227,14 @@ mod tests {
             backup(2, 4, true),
             backup(3, 5, true),
         ];
-        let plan = plan(&last(2), jiff::Timestamp::now(), &backups, &files).unwrap();
+        let plan = plan(
+            &last(2),
+            jiff::Timestamp::now(),
+            &backups,
+            &files,
+            &TimelineHistory::root(1),
+        )
+        .unwrap();
         assert_eq!(plan.keep, vec![Id([2; 32]), Id([3; 32])]);
         assert_eq!(plan.forget, vec![Id([1; 32]), Id([9; 32])]);
         assert_eq!(plan.wal_from.as_deref(), Some("000000010000000000000004"));
@@ -210,14 +250,23 @@ mod tests {
         // Nothing to do when there are at most N backups; N = 0 is refused.
         let now = jiff::Timestamp::now();
         assert_eq!(
-            super::plan(&last(3), now, &backups, &files)
+            super::plan(&last(3), now, &backups, &files, &TimelineHistory::root(1))
                 .unwrap()
                 .delete_wal
                 .len(),
             0
         );
-        assert!(super::plan(&last(0), now, &backups, &files).is_err());
-        assert!(super::plan(&ExpirePolicy::default(), now, &backups, &files).is_err());
+        assert!(super::plan(&last(0), now, &backups, &files, &TimelineHistory::root(1)).is_err());
+        assert!(
+            super::plan(
+                &ExpirePolicy::default(),
+                now,
+                &backups,
+                &files,
+                &TimelineHistory::root(1)
+            )
+            .is_err()
+        );
     }
 
     fn last(n: usize) -> ExpirePolicy {
@@ -251,17 +300,30 @@ mod tests {
             keep_within: Some(jiff::Span::new().days(days)),
         };
         // Six days back is day 4: replay from the day-3 backup covers it.
-        let plan = plan(&within(6), day(10), &backups, &files).unwrap();
+        let plan = plan(
+            &within(6),
+            day(10),
+            &backups,
+            &files,
+            &TimelineHistory::root(1),
+        )
+        .unwrap();
         assert_eq!(plan.keep, vec![Id([2; 32]), Id([3; 32]), Id([4; 32])]);
         assert_eq!(plan.forget, vec![Id([1; 32])]);
         assert_eq!(plan.wal_from, Some(backups[1].1.start_wal.clone()));
         assert_eq!(plan.delete_wal.len(), 3, "{:?}", plan.delete_wal);
         // A window older than every backup keeps them all.
         assert!(
-            super::plan(&within(30), day(10), &backups, &files)
-                .unwrap()
-                .forget
-                .is_empty()
+            super::plan(
+                &within(30),
+                day(10),
+                &backups,
+                &files,
+                &TimelineHistory::root(1)
+            )
+            .unwrap()
+            .forget
+            .is_empty()
         );
         // Either rule keeping a backup keeps it: the count keeps the newest two, the window one more.
         let both = ExpirePolicy {
@@ -269,7 +331,7 @@ mod tests {
             ..within(6)
         };
         assert_eq!(
-            super::plan(&both, day(10), &backups, &files)
+            super::plan(&both, day(10), &backups, &files, &TimelineHistory::root(1))
                 .unwrap()
                 .keep
                 .len(),
@@ -280,11 +342,58 @@ mod tests {
             ..within(1)
         };
         assert_eq!(
-            super::plan(&both, day(10), &backups, &files)
+            super::plan(&both, day(10), &backups, &files, &TimelineHistory::root(1))
                 .unwrap()
                 .keep
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn backups_of_an_abandoned_branch_do_not_count_and_never_displace_the_new_timelines_base() {
+        let day = |d: i64| jiff::Timestamp::from_second(d * 86_400).unwrap();
+        let at = |n: u8, timeline: u32, start_seg: u64, stop_day: i64| {
+            let (id, mut state) = backup(n, start_seg, true);
+            state.timeline = timeline;
+            state.start_wal =
+                WalFile::segment(timeline, start_seg, DEFAULT_SEGMENT_SIZE).to_string();
+            state.stop_time = Some(day(stop_day));
+            (id, state)
+        };
+        // Timeline 2 branched off timeline 1 in segment 4; backup 8 was taken on timeline 1
+        // after that (the branch a point-in-time recovery abandoned).
+        let history = TimelineHistory::parse(2, "1\t0/4000100\tbefore the mistake\n").unwrap();
+        let files: Vec<(String, WalFile)> = (1..=7)
+            .map(|seg| {
+                let name = WalFile::segment(1, seg, DEFAULT_SEGMENT_SIZE).to_string();
+                let parsed = WalFile::parse(&name).unwrap();
+                (name, parsed)
+            })
+            .collect();
+        let first = at(1, 1, 2, 1);
+        let abandoned = at(8, 1, 5, 3);
+        // Before timeline 2 has a backup of its own, the one from before the branch point is
+        // the only one that restores it: kept, whatever the count says.
+        let plan = plan(
+            &last(1),
+            day(4),
+            &[first.clone(), abandoned.clone()],
+            &files,
+            &history,
+        )
+        .unwrap();
+        assert_eq!(plan.keep, vec![Id([1; 32]), Id([8; 32])]);
+        assert!(
+            plan.forget.is_empty() && plan.delete_wal.is_empty(),
+            "{plan:?}"
+        );
+        // Once timeline 2 has one, the older ones go, the abandoned branch's too.
+        let own = at(2, 2, 6, 5);
+        let plan =
+            super::plan(&last(1), day(6), &[first, abandoned, own], &files, &history).unwrap();
+        assert_eq!(plan.keep, vec![Id([2; 32])]);
+        assert_eq!(plan.forget, vec![Id([1; 32]), Id([8; 32])]);
+        assert_eq!(plan.wal_from.as_deref(), Some("000000020000000000000006"));
     }
 }

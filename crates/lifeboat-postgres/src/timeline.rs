@@ -113,6 +113,18 @@ pub fn load(repo: &Repository, stream: &str, timeline: u32) -> Result<TimelineHi
     }
 }
 
+/// The history of the newest timeline of `stream` (see [`newest`]), whose archived `files`
+/// and complete base backups' timelines are given.
+pub fn newest_history(
+    repo: &Repository,
+    stream: &str,
+    files: &[(String, WalFile)],
+    backup_timelines: impl IntoIterator<Item = u32>,
+) -> Result<TimelineHistory> {
+    let timeline = newest(files.iter().map(|(_, f)| f), backup_timelines);
+    load(repo, stream, timeline)
+}
+
 /// The newest timeline in an archive: the highest one named by a history file, a segment or a
 /// base backup. PostgreSQL's `recovery_target_timeline = 'latest'` picks the same one.
 pub fn newest<'a>(
