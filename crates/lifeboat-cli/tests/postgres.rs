@@ -124,6 +124,17 @@ impl World {
         self.dir.path().join(name)
     }
 
+    /// Starts PostgreSQL on the data directory `data` (a restored copy, say).
+    fn start(&self, data: PathBuf) -> Cluster {
+        Cluster {
+            world_dir: self.dir.path().to_path_buf(),
+            bin: self.bin.clone(),
+            data,
+            port: 0,
+        }
+        .start_on(free_port())
+    }
+
     fn chown(&self, path: &Path) {
         if as_root() {
             rustix::fs::chown(
@@ -307,6 +318,15 @@ impl Cluster {
         )
     }
 
+    /// Waits until recovery has ended and the server takes writes.
+    fn wait_promoted(&self, what: &str) {
+        wait_until(&format!("{what} to promote"), || {
+            self.psql_out("SELECT pg_is_in_recovery();")
+                .stdout
+                .starts_with(b"f")
+        });
+    }
+
     /// Switches to a new segment and waits until the finished one is archived.
     fn switch_and_wait(&self) -> String {
         let segment = self.psql("SELECT pg_walfile_name(pg_switch_wal());");
@@ -480,17 +500,8 @@ fn point_in_time_restores_hold_exactly_the_rows_committed_before_each_target() {
         } else {
             world.lifeboat_json(&all)
         };
-        let cluster = Cluster {
-            world_dir: world.dir.path().to_path_buf(),
-            bin: world.bin.clone(),
-            data: dir,
-            port: 0,
-        }
-        .start_on(free_port());
-        wait_until("the restored cluster to promote", || {
-            let out = cluster.psql_out("SELECT pg_is_in_recovery();");
-            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f"
-        });
+        let cluster = world.start(dir);
+        cluster.wait_promoted("the restored cluster");
         let count: i64 = cluster.psql("SELECT count(*) FROM rows;").parse().unwrap();
         let max: i64 = cluster
             .psql("SELECT coalesce(max(id), -1) FROM rows;")
@@ -710,13 +721,7 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
         &standby_dir.display().to_string(),
     ]);
     assert!(standby_dir.join("standby.signal").exists());
-    let standby = Cluster {
-        world_dir: world.dir.path().to_path_buf(),
-        bin: world.bin.clone(),
-        data: standby_dir,
-        port: 0,
-    }
-    .start_on(free_port());
+    let standby = world.start(standby_dir);
     let count = |cluster: &Cluster| -> Option<i64> {
         let out = cluster.psql_out("SELECT count(*) FROM rows;");
         out.status
@@ -743,12 +748,7 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
         .output()
         .unwrap();
     check(out, "pg_ctl promote");
-    wait_until("the promotion", || {
-        standby
-            .psql_out("SELECT pg_is_in_recovery();")
-            .stdout
-            .starts_with(b"f")
-    });
+    standby.wait_promoted("the standby");
     insert_rows(&standby, 20..25);
     let backup = world.lifeboat_json(&["pg", "backup", "--connect", &standby.conninfo()]);
     assert_eq!(backup["timeline"], 2, "{backup}");
@@ -768,19 +768,8 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
         &again.display().to_string(),
     ]);
     assert_eq!(restored["backup"], backup["snapshot"]);
-    let again = Cluster {
-        world_dir: world.dir.path().to_path_buf(),
-        bin: world.bin.clone(),
-        data: again,
-        port: 0,
-    }
-    .start_on(free_port());
-    wait_until("the restored cluster to promote", || {
-        again
-            .psql_out("SELECT pg_is_in_recovery();")
-            .stdout
-            .starts_with(b"f")
-    });
+    let again = world.start(again);
+    again.wait_promoted("the restored cluster");
     assert_eq!(count(&again), Some(30));
 
     // Restoring over a used directory needs --delta, which removes what the backup lacks,
@@ -828,12 +817,7 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
     );
     assert!(number("removed") >= 1, "the stray file at least: {summary}");
     let again = again.start_on(free_port());
-    wait_until("the delta-restored cluster to promote", || {
-        again
-            .psql_out("SELECT pg_is_in_recovery();")
-            .stdout
-            .starts_with(b"f")
-    });
+    again.wait_promoted("the delta-restored cluster");
     assert_eq!(count(&again), Some(30));
 }
 
@@ -845,19 +829,8 @@ fn restore_and_start(world: &World, name: &str, args: &[&str]) -> (serde_json::V
     let mut all = vec!["pg", "restore", "--archive-off", "--to", &dir_text];
     all.extend_from_slice(args);
     let restored = world.lifeboat_json(&all);
-    let cluster = Cluster {
-        world_dir: world.dir.path().to_path_buf(),
-        bin: world.bin.clone(),
-        data: dir,
-        port: 0,
-    }
-    .start_on(free_port());
-    wait_until(&format!("{name} to promote"), || {
-        cluster
-            .psql_out("SELECT pg_is_in_recovery();")
-            .stdout
-            .starts_with(b"f")
-    });
+    let cluster = world.start(dir);
+    cluster.wait_promoted(name);
     (restored, cluster)
 }
 
@@ -900,19 +873,8 @@ fn after_a_point_in_time_restore_restores_follow_the_new_timeline_not_the_abando
         &recovered_dir.display().to_string(),
     ]);
     assert_eq!(out["backup"], before["snapshot"], "{out}");
-    let recovered = Cluster {
-        world_dir: world.dir.path().to_path_buf(),
-        bin: world.bin.clone(),
-        data: recovered_dir,
-        port: 0,
-    }
-    .start_on(free_port());
-    wait_until("the recovered cluster to promote", || {
-        recovered
-            .psql_out("SELECT pg_is_in_recovery();")
-            .stdout
-            .starts_with(b"f")
-    });
+    let recovered = world.start(recovered_dir);
+    recovered.wait_promoted("the recovered cluster");
     assert_eq!(row_ids(&recovered), (0..20).collect::<Vec<_>>());
     insert_rows(&recovered, 20..30);
     std::thread::sleep(Duration::from_millis(150));
@@ -1048,13 +1010,7 @@ fn a_base_backup_taken_from_a_standby_restores_with_every_row() {
         "--to",
         &standby_dir.display().to_string(),
     ]);
-    let standby = Cluster {
-        world_dir: world.dir.path().to_path_buf(),
-        bin: world.bin.clone(),
-        data: standby_dir,
-        port: 0,
-    }
-    .start_on(free_port());
+    let standby = world.start(standby_dir);
     insert_rows(&primary, 10..20);
     primary.psql("CHECKPOINT;");
     primary.switch_and_wait();

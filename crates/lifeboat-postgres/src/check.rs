@@ -16,7 +16,7 @@ use crate::archive;
 use crate::backup::{BackupState, base_backups};
 use crate::error::Result;
 use crate::session::Session;
-use crate::timeline::{self, TimelineHistory};
+use crate::timeline::{ClusterArchive, TimelineHistory};
 use crate::wal::{DEFAULT_SEGMENT_SIZE, Lsn, WalFile};
 
 /// A run of missing segments.
@@ -94,22 +94,13 @@ pub fn clusters(repo: &Repository) -> Result<Vec<String>> {
 
 /// Checks the WAL chain of `stream`.
 pub fn check_chain(repo: &Repository, stream: &str) -> Result<ChainReport> {
-    let files = archive::list(repo, stream)?;
-    let backups: Vec<(Id, BackupState)> = base_backups(repo)?
-        .into_iter()
-        .filter(|(_, _, s)| s.stream == stream)
-        .map(|(id, _, s)| (id, s))
-        .collect();
-    let history = timeline::newest_history(
-        repo,
+    let archive = ClusterArchive::load(repo, stream)?;
+    Ok(chain_report(
         stream,
-        &files,
-        backups
-            .iter()
-            .filter(|(_, s)| s.complete)
-            .map(|(_, s)| s.timeline),
-    )?;
-    Ok(chain_report(stream, &files, &backups, &history))
+        &archive.files,
+        &archive.backups,
+        &archive.history,
+    ))
 }
 
 /// The pure part of [`check_chain`]: the chain along `history` (segments of branches that

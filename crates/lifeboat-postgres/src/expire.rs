@@ -11,10 +11,9 @@
 use lifeboat_repo::{Id, Repository};
 use serde::Serialize;
 
-use crate::archive;
-use crate::backup::{BackupState, base_backups};
+use crate::backup::BackupState;
 use crate::error::{Error, Result};
-use crate::timeline::{self, TimelineHistory};
+use crate::timeline::{ClusterArchive, TimelineHistory};
 use crate::wal::WalFile;
 
 /// What retention will do.
@@ -144,22 +143,14 @@ pub fn plan(
 
 /// Plans retention for `stream` in the repository, with a window ending now.
 pub fn plan_for(repo: &Repository, stream: &str, policy: &ExpirePolicy) -> Result<ExpirePlan> {
-    let backups: Vec<(Id, BackupState)> = base_backups(repo)?
-        .into_iter()
-        .filter(|(_, _, s)| s.stream == stream)
-        .map(|(id, _, s)| (id, s))
-        .collect();
-    let files = archive::list(repo, stream)?;
-    let history = timeline::newest_history(
-        repo,
-        stream,
-        &files,
-        backups
-            .iter()
-            .filter(|(_, s)| s.complete)
-            .map(|(_, s)| s.timeline),
-    )?;
-    plan(policy, jiff::Timestamp::now(), &backups, &files, &history)
+    let archive = ClusterArchive::load(repo, stream)?;
+    plan(
+        policy,
+        jiff::Timestamp::now(),
+        &archive.backups,
+        &archive.files,
+        &archive.history,
+    )
 }
 
 /// Carries out a plan: forgets the backups, then deletes the WAL.

@@ -125,6 +125,44 @@ pub fn newest_history(
     load(repo, stream, timeline)
 }
 
+/// One cluster's archive as the check and retention read it: its WAL files, its base backups
+/// and the history of its newest timeline.
+#[derive(Debug, Clone)]
+pub struct ClusterArchive {
+    /// Archived WAL files (segments, history and backup history files).
+    pub files: Vec<(String, WalFile)>,
+    /// Its base backups, complete or not.
+    pub backups: Vec<(lifeboat_repo::Id, crate::BackupState)>,
+    /// The newest timeline's history.
+    pub history: TimelineHistory,
+}
+
+impl ClusterArchive {
+    /// Reads the archive of `stream`.
+    pub fn load(repo: &Repository, stream: &str) -> Result<ClusterArchive> {
+        let files = crate::archive::list(repo, stream)?;
+        let backups: Vec<_> = crate::backup::base_backups(repo)?
+            .into_iter()
+            .filter(|(_, _, s)| s.stream == stream)
+            .map(|(id, _, s)| (id, s))
+            .collect();
+        let history = newest_history(
+            repo,
+            stream,
+            &files,
+            backups
+                .iter()
+                .filter(|(_, s)| s.complete)
+                .map(|(_, s)| s.timeline),
+        )?;
+        Ok(ClusterArchive {
+            files,
+            backups,
+            history,
+        })
+    }
+}
+
 /// The newest timeline in an archive: the highest one named by a history file, a segment or a
 /// base backup. PostgreSQL's `recovery_target_timeline = 'latest'` picks the same one.
 pub fn newest<'a>(
