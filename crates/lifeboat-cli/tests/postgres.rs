@@ -124,6 +124,19 @@ impl World {
         self.dir.path().join(name)
     }
 
+    /// Restores a warm standby (`pg restore --standby`) into `name` and starts it.
+    fn standby(&self, name: &str) -> Cluster {
+        let dir = self.path(name);
+        self.lifeboat_json(&[
+            "pg",
+            "restore",
+            "--standby",
+            "--to",
+            &dir.display().to_string(),
+        ]);
+        self.start(dir)
+    }
+
     /// Starts PostgreSQL on the data directory `data` (a restored copy, say).
     fn start(&self, data: PathBuf) -> Cluster {
         Cluster {
@@ -712,16 +725,8 @@ fn a_standby_replays_archived_wal_and_a_restore_follows_its_new_timeline() {
     primary.switch_and_wait();
 
     // A warm standby fed from the archive only.
-    let standby_dir = world.path("standby");
-    world.lifeboat_json(&[
-        "pg",
-        "restore",
-        "--standby",
-        "--to",
-        &standby_dir.display().to_string(),
-    ]);
-    assert!(standby_dir.join("standby.signal").exists());
-    let standby = world.start(standby_dir);
+    let standby = world.standby("standby");
+    assert!(standby.data.join("standby.signal").exists());
     let count = |cluster: &Cluster| -> Option<i64> {
         let out = cluster.psql_out("SELECT count(*) FROM rows;");
         out.status
@@ -1002,15 +1007,7 @@ fn a_base_backup_taken_from_a_standby_restores_with_every_row() {
     insert_rows(&primary, 0..10);
     let first = world.lifeboat_json(&["pg", "backup", "--connect", &primary.conninfo()]);
     primary.switch_and_wait();
-    let standby_dir = world.path("standby");
-    world.lifeboat_json(&[
-        "pg",
-        "restore",
-        "--standby",
-        "--to",
-        &standby_dir.display().to_string(),
-    ]);
-    let standby = world.start(standby_dir);
+    let standby = world.standby("standby");
     insert_rows(&primary, 10..20);
     primary.psql("CHECKPOINT;");
     primary.switch_and_wait();
