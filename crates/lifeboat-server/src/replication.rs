@@ -426,10 +426,7 @@ fn replicate(
         Ok(r) => r,
         Err(e) => return failed(format!("cannot open the repository at {location}: {e}")),
     };
-    let destination = Destination {
-        name: location.to_owned(),
-        repo,
-    };
+    let destination = Destination::named(location, repo);
     let library_options = options.replicate_options();
     let interval = library_options.interval;
     let mut replicator =

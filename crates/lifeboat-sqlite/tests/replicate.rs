@@ -835,6 +835,14 @@ impl Second {
         }
     }
 
+    /// Where it is, as a user would name it.
+    fn location(&self) -> String {
+        match self {
+            Second::S3 { location, .. } => location.clone(),
+            Second::Local { path, .. } => path.to_str().unwrap().to_string(),
+        }
+    }
+
     fn repo(&self) -> IndexedRepository {
         Repository::open(self.storage(false), PASSWORD)
             .unwrap()
@@ -982,6 +990,156 @@ fn two_destinations_restore_exactly_and_one_going_away_does_not_stop_the_other()
         restored.len() > 60,
         "moments while the other was away restore"
     );
+}
+
+/// Regression test for "a destination down at start stops the command" (docs/sqlite.md).
+#[test]
+fn a_destination_down_at_start_is_retried_while_the_other_replicates() {
+    let setup = Setup::new();
+    let second = Second::new(&setup);
+    // Down before replication starts: the proxy closed (a closed port), or a plain file
+    // where the directory should be.
+    second.go_away();
+    let pending =
+        lifeboat_sqlite::open_destination(second.location(), &second.location(), PASSWORD.to_vec())
+            .unwrap();
+    let running = setup.replicate_to(
+        vec![Destination::new(setup.repo()), pending],
+        ReplicateOptions {
+            max_lag_bytes: Some(256 << 10),
+            ..options()
+        },
+    );
+    let status = running.status();
+    assert_eq!(status.destinations[0].state, DestinationState::Live);
+    assert_eq!(
+        status.destinations[1].state,
+        DestinationState::NotOpen,
+        "{status:?}"
+    );
+    assert!(status.destinations[1].last_error.is_some(), "{status:?}");
+    wait_ok(spawn_writer(&setup.db(), 120, 5, 1000));
+    wait_for_rows(|| setup.repo(), &setup, 120, "the first destination");
+    // The one that is down holds nothing: checkpoints go on and the log restarts.
+    let status = running.status();
+    assert!(status.checkpoints > 0, "{status:?}");
+    assert_eq!(status.destinations[1].state, DestinationState::NotOpen);
+    assert!(status.destinations[1].lag_seconds > 0.0, "{status:?}");
+    let away_rows = rows(&setup.db());
+
+    // It comes up: it opens, starts its first generation and catches up.
+    second.come_back();
+    wait_ok(spawn_writer(&setup.db(), 40, 5, 300));
+    let written = rows(&setup.db()).len();
+    wait_for_rows(|| second.repo(), &setup, written, "the late destination");
+    wait_for_rows(|| setup.repo(), &setup, written, "the first destination");
+    let status = running.stop();
+    assert_eq!(status.destinations[1].state, DestinationState::Live);
+    assert_eq!(status.destinations[1].generations_started, 1, "{status:?}");
+    assert_eq!(status.destinations[0].releases, 0, "{status:?}");
+
+    // Rows written while it was down restore exactly from the first; both restore the
+    // latest state exactly.
+    let source = rows(&setup.db());
+    let t_micros = away_rows.last().unwrap().1 + 1;
+    let t = jiff::Timestamp::from_microsecond(t_micros).unwrap();
+    let path = restore_from(&setup.repo(), &setup, "first-at.db", RestorePoint::Time(t)).unwrap();
+    let restored = rows(&path);
+    assert_eq!(restored[..], source[..restored.len()], "a prefix");
+    assert!(restored.iter().all(|r| r.1 <= t_micros), "no row after T");
+    assert!(restored.len() >= 60, "moments while the other was down");
+    for (name, repo) in [("first", setup.repo()), ("second", second.repo())] {
+        let path = restore_from(
+            &repo,
+            &setup,
+            &format!("{name}-latest.db"),
+            RestorePoint::Latest,
+        )
+        .unwrap();
+        assert_eq!(rows(&path), source, "latest from the {name} destination");
+    }
+    // The late one has nothing before its first snapshot.
+    let early = jiff::Timestamp::from_microsecond(source[10].1).unwrap();
+    assert!(
+        restore_from(
+            &second.repo(),
+            &setup,
+            "second-early.db",
+            RestorePoint::Time(early)
+        )
+        .is_err()
+    );
+}
+
+/// With every destination down at start the replicator keeps running and retrying, and holds
+/// no read transaction meanwhile (nobody to hold the WAL for), so anyone's checkpoint can
+/// reset the log; a wrong password is refused at once.
+#[test]
+fn every_destination_down_at_start_keeps_retrying_without_holding_the_wal() {
+    let setup = Setup::new();
+    // A wrong password is a mistake, not an outage.
+    let wrong = lifeboat_sqlite::open_destination(
+        "main",
+        setup.repo_path().to_str().unwrap(),
+        b"not the password".to_vec(),
+    );
+    let Err(error) = wrong else {
+        panic!("a wrong password opened the repository")
+    };
+    assert!(error.to_string().contains("wrong password"), "{error}");
+
+    // An unmounted mount point: the directory is there, empty.
+    let mount = setup.dir.path().join("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    let pending =
+        lifeboat_sqlite::open_destination("mnt", mount.to_str().unwrap(), PASSWORD.to_vec())
+            .unwrap();
+    let running = setup.replicate_to(vec![pending], options());
+    wait_ok(spawn_writer(&setup.db(), 50, 1, 1000));
+    let other = Connection::open(setup.db()).unwrap();
+    other.busy_timeout(Duration::from_millis(100)).unwrap();
+    let (busy, _, _): (i64, i64, i64) = other
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(
+        busy, 0,
+        "the WAL is held for a destination that never opened"
+    );
+    let status = running.status();
+    assert_eq!(status.destinations[0].state, DestinationState::NotOpen);
+    assert!(
+        status.destinations[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a Lifeboat repository")),
+        "{status:?}"
+    );
+
+    // The disk is mounted (a repository appears): the replicator joins it and ships.
+    let options = InitOptions {
+        kdf: KdfParams::insecure_for_tests(),
+        pack_size: 1 << 20,
+        ..Default::default()
+    };
+    Repository::init(Storage::local(&mount).unwrap(), PASSWORD, &options).unwrap();
+    wait_ok(spawn_writer(&setup.db(), 20, 1, 100));
+    let mounted = || {
+        Repository::open(Storage::local(&mount).unwrap(), PASSWORD)
+            .unwrap()
+            .load_index()
+            .unwrap()
+    };
+    wait_for_rows(mounted, &setup, 70, "the mounted destination");
+    let status = running.stop();
+    assert_eq!(
+        status.destinations[0].state,
+        DestinationState::Live,
+        "{status:?}"
+    );
+    let path = restore_from(&mounted(), &setup, "mounted.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
 }
 
 /// `lifeboat forget --keep-within D` on SQLite snapshots, with the timelines the CLI passes:
