@@ -69,7 +69,7 @@ pub struct ReplicateOptions {
     /// last frames; past it the checkpoint is postponed (the application's writers wait that
     /// long at most).
     pub max_lock_hold: Duration,
-    /// Largest segment (a single bigger transaction still goes into one segment).
+    /// Largest segment (a bigger transaction is stored in parts of this size).
     pub max_segment_bytes: u64,
     /// Unstored WAL bytes after which a destination that is unreachable or slow is released:
     /// it stops holding the WAL on local disk, and resyncs when it answers (`None`: hold it
@@ -785,7 +785,7 @@ impl Replicator {
     fn committed_end(&self) -> Result<Option<WalCursor>> {
         let mut cursor: Option<WalCursor> = None;
         loop {
-            match wal::read_committed(&self.wal_path, cursor.as_ref(), 64 << 20)? {
+            match wal::scan_committed(&self.wal_path, cursor.as_ref(), 64 << 20)? {
                 None => return Ok(cursor),
                 Some(read) => {
                     if read.commits == 0 {
@@ -853,7 +853,8 @@ impl Replicator {
     /// lanes only count it as lag).
     fn capture(&mut self) -> Result<()> {
         loop {
-            let Some(read) = wal::read_committed(
+            // Only where the committed frames end: the lanes read the frames themselves.
+            let Some(read) = wal::scan_committed(
                 &self.wal_path,
                 self.captured.as_ref(),
                 self.options.max_segment_bytes,
@@ -865,7 +866,7 @@ impl Replicator {
                 break;
             }
             self.page_size = read.header.page_size;
-            let full = read.frames.len() as u64 >= self.options.max_segment_bytes;
+            let full = read.bytes >= self.options.max_segment_bytes;
             let round = Round {
                 start: read.start,
                 end: read.end,
@@ -882,7 +883,7 @@ impl Replicator {
                 }
             }
             self.captured = Some(read.end);
-            self.bytes_captured += read.frames.len() as u64;
+            self.bytes_captured += read.bytes;
             if !full {
                 break;
             }
@@ -1511,11 +1512,17 @@ impl Worker {
                 round.start.offset
             ))
         };
-        let max = self.options.max_segment_bytes.min(round.bytes()).max(1);
-        let read = wal::read_committed(&self.wal_path, Some(&round.start), max)
-            .map_err(|e| Failure::Fatal(e.to_string()))?
-            .ok_or_else(|| gone("the file has no header"))?;
-        if read.new_cycle || read.start != round.start || read.commits == 0 {
+        // A transaction larger than a segment is stored in parts, so neither a segment nor
+        // the memory to build it grows with the transaction.
+        let read = wal::read_piece(
+            &self.wal_path,
+            &round.start,
+            round.end.offset,
+            self.options.max_segment_bytes,
+        )
+        .map_err(|e| Failure::Fatal(e.to_string()))?
+        .ok_or_else(|| gone("the log was restarted"))?;
+        if read.frames.is_empty() {
             return Err(gone("the log was restarted"));
         }
         if read.end.offset > round.end.offset || read.end.salt != round.end.salt {
@@ -1533,6 +1540,7 @@ impl Worker {
             start: read.start,
             end: read.end,
             commits: read.commits,
+            part: read.open,
         };
         let name = segment::name(&header.generation, header.position, header.captured);
         self.repo

@@ -1142,6 +1142,123 @@ fn every_destination_down_at_start_keeps_retrying_without_holding_the_wal() {
     assert_eq!(rows(&path), rows(&setup.db()));
 }
 
+/// Regression test for "transactions larger than 16 MiB go whole into one segment".
+#[test]
+fn a_transaction_larger_than_a_segment_is_split_and_restores_only_whole() {
+    let setup = Setup::new();
+    let running = setup.replicate(ReplicateOptions {
+        // Only the base snapshot: the journal alone carries the large transaction.
+        snapshot_interval: Duration::from_secs(3600),
+        ..options()
+    });
+    let conn = Connection::open(setup.db()).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    for _ in 0..10 {
+        conn.execute(
+            "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+            [now_micros()],
+        )
+        .unwrap();
+    }
+    wait_for_rows(|| setup.repo(), &setup, 10, "the repository");
+    // One transaction of 40 MiB.
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40)
+         INSERT INTO rows (ts, payload) SELECT ?1, randomblob(1048576) FROM n",
+        [now_micros()],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+        [now_micros()],
+    )
+    .unwrap();
+    wait_for_rows(|| setup.repo(), &setup, 51, "the repository");
+    running.stop();
+
+    // Segments stay at most a segment's size (plus a frame); the large transaction is in
+    // parts, each without a commit, sharing the capture time of their round.
+    let repo = setup.repo();
+    let base =
+        lifeboat_sqlite::catalog::database_snapshots(&repo, Some(&Selector::path(&setup.db())))
+            .unwrap()
+            .pop()
+            .unwrap();
+    let segments = lifeboat_sqlite::catalog::generation_segments(
+        &repo,
+        &base.state.stream,
+        &base.state.generation,
+    )
+    .unwrap();
+    let mut headers = Vec::new();
+    for listed in &segments {
+        let bytes = repo
+            .get_stream_object(&base.state.stream, &listed.name)
+            .unwrap();
+        let (header, frames) = lifeboat_sqlite::segment::decode(&bytes).unwrap();
+        assert!(
+            frames.len() as u64 <= (16 << 20) + 4096 + 24,
+            "{} holds {} bytes",
+            listed.name,
+            frames.len()
+        );
+        headers.push((listed.name.clone(), header, bytes));
+    }
+    let first_part = headers.iter().position(|(_, h, _)| h.part).expect("a part");
+    let closing = first_part
+        + headers[first_part..]
+            .iter()
+            .position(|(_, h, _)| !h.part)
+            .expect("the part's commit");
+    assert!(closing - first_part >= 2, "40 MiB in parts of 16 MiB");
+    let captured = headers[closing].1.captured;
+    assert!(
+        headers[first_part..closing]
+            .iter()
+            .all(|(_, h, _)| h.captured == captured && h.commits == 0)
+    );
+
+    // Restores at the transaction's boundary: just before its capture none of it, at its
+    // capture all of it; the latest is the source.
+    let source = rows(&setup.db());
+    let before = captured
+        .checked_sub(jiff::SignedDuration::from_micros(1))
+        .unwrap();
+    let path = restore_from(&repo, &setup, "before.db", RestorePoint::Time(before)).unwrap();
+    assert_eq!(rows(&path), source[..10]);
+    let path = restore_from(&repo, &setup, "at.db", RestorePoint::Time(captured)).unwrap();
+    assert!(rows(&path).len() >= 50);
+    assert_eq!(rows(&path)[..], source[..rows(&path).len()]);
+    let path = restore_from(&repo, &setup, "latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), source);
+
+    // A replicator killed between the parts: the segment with the commit (and all after it)
+    // never stored. The latest restore and a follower hold none of the transaction.
+    let kept: Vec<(String, Vec<u8>)> = headers[closing..]
+        .iter()
+        .map(|(name, _, bytes)| (name.clone(), bytes.clone()))
+        .collect();
+    for (name, _) in &kept {
+        repo.delete_stream_object(&base.state.stream, name).unwrap();
+    }
+    let repo = setup.repo();
+    let path = restore_from(&repo, &setup, "killed.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), source[..10]);
+    let replica = setup.dir.path().join("replica.db");
+    let mut follower =
+        lifeboat_sqlite::Follower::start(setup.repo(), Selector::path(&setup.db()), &replica)
+            .unwrap();
+    assert_eq!(follower.poll().unwrap(), 0, "parts wait for their commit");
+    assert_eq!(rows(&replica), source[..10]);
+    // The rest arrives: the follower applies the parts and their commit together.
+    for (name, bytes) in &kept {
+        repo.put_stream_object(&base.state.stream, name, bytes)
+            .unwrap();
+    }
+    assert!(follower.poll().unwrap() >= 3);
+    assert_eq!(rows(&replica), source);
+}
+
 /// `lifeboat forget --keep-within D` on SQLite snapshots, with the timelines the CLI passes:
 /// the newest snapshot before the window stays, so the window's first moments restore.
 #[test]
