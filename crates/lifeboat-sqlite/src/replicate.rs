@@ -34,6 +34,14 @@
 //! local disk without bound. When it answers again it either finds the WAL still continuing
 //! its journal (and catches up), or starts a new generation with a fresh snapshot.
 //!
+//! A destination whose repository cannot be opened at start (unreachable, not mounted) is
+//! *not open*: it holds nothing, its worker retries opening it in the background, and once it
+//! opens it joins like a released destination that answers again. With no live destination
+//! the read transaction is not held at all.
+//!
+//! A transaction larger than a segment is stored in parts (see [`crate::segment`]): the reader
+//! only notes where commits end, and a worker reads at most one segment of frames at a time.
+//!
 //! If the replicator loses track (it was stopped and the log was restarted meanwhile, say by
 //! someone's `wal_checkpoint(TRUNCATE)`), each destination starts a new *generation* with a
 //! fresh snapshot.

@@ -1,4 +1,10 @@
-//! Journal segments: one batch of whole WAL transactions, stored as one stream object.
+//! Journal segments: one batch of whole WAL transactions, stored as one stream object, or a
+//! *part* of one transaction larger than a segment.
+//!
+//! A part (format version 2, [`SegmentHeader::part`]) holds frames of one transaction and no
+//! commit; the segments after it continue the transaction, and the one holding the commit
+//! closes it. Readers apply parts only together with that segment, so no restore shows half
+//! a transaction; segments of whole transactions keep version 1, as before parts existed.
 //!
 //! A segment's plaintext is `"LBSQ"`, a version byte, three zero bytes, the length (u32,
 //! big-endian) of a JSON header, the header, then the frames exactly as they were in the `-wal`
