@@ -9,7 +9,14 @@ use zeroize::Zeroizing;
 use crate::GlobalArgs;
 
 /// The password, wiped from memory when dropped.
+#[derive(Clone)]
 pub struct Password(Zeroizing<String>);
+
+impl AsRef<[u8]> for Password {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
 
 impl Password {
     pub fn as_bytes(&self) -> &[u8] {

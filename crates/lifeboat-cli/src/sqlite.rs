@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lifeboat_sqlite::retention as journal_retention;
-use lifeboat_sqlite::{
-    Destination, DestinationState, ReplicateOptions, Replicator, RestorePoint, Selector,
-};
+use lifeboat_sqlite::{DestinationState, ReplicateOptions, Replicator, RestorePoint, Selector};
 
 use crate::{GlobalArgs, config};
 
@@ -266,6 +264,24 @@ fn destinations(
     Ok(list)
 }
 
+/// A destination's password; without its own password source it uses the main one.
+fn destination_password(
+    global: &GlobalArgs,
+    spec: &DestinationSpec,
+) -> Result<crate::password::Password> {
+    let (file, command) = if spec.password_file.is_none() && spec.password_command.is_none() {
+        (
+            global.password_file.clone(),
+            global.password_command.clone(),
+        )
+    } else {
+        (spec.password_file.clone(), spec.password_command.clone())
+    };
+    let other = crate::other_repository(global, &spec.location, file, command);
+    crate::password::obtain(&other, false)
+        .with_context(|| format!("no password for repository {}", spec.location))
+}
+
 /// Opens a destination; without its own password source it uses the main one.
 fn open_destination(
     global: &GlobalArgs,
@@ -307,9 +323,11 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs, job: &FileJob) -> Result
         job.matches,
     )?;
     let specs = destinations(global, to, job)?;
-    let mut repos = Vec::new();
+    // Password sources are read once, now: one that fails is a mistake to report at once,
+    // and a destination that does not answer yet is retried with the same password.
+    let mut passwords = Vec::new();
     for spec in &specs {
-        repos.push((spec.location.clone(), open_destination(global, spec)?));
+        passwords.push((spec.location.clone(), destination_password(global, spec)?));
     }
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -355,11 +373,13 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs, job: &FileJob) -> Result
     let mut threads = Vec::new();
     for database in &databases {
         let mut destinations = Vec::new();
-        for (name, repo) in &repos {
-            destinations.push(Destination {
-                name: name.clone(),
-                repo: repo.clone().load_index()?,
-            });
+        for (location, password) in &passwords {
+            // A destination that does not answer (or is not mounted) is retried in the
+            // background; a wrong password or refused credentials stop the command here.
+            destinations.push(
+                lifeboat_sqlite::open_destination(location.clone(), location, password.clone())
+                    .with_context(|| format!("cannot open repository {location}"))?,
+            );
         }
         let mut replicator = Replicator::open_with(database, destinations, options.clone())
             .with_context(|| format!("cannot start replicating {}", database.display()))?;
@@ -376,6 +396,10 @@ fn replicate(global: &GlobalArgs, args: &ReplicateArgs, job: &FileJob) -> Result
                         DestinationState::Live => String::new(),
                         DestinationState::Released => format!(
                             "; not answering, retried in the background: {}",
+                            d.last_error.as_deref().unwrap_or("unknown error")
+                        ),
+                        DestinationState::NotOpen => format!(
+                            "; cannot be opened yet, retried in the background: {}",
                             d.last_error.as_deref().unwrap_or("unknown error")
                         ),
                     }

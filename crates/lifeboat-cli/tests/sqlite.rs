@@ -492,3 +492,122 @@ password_file = "{password2}"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `--to` that is not there at start (not mounted) does not stop the command: the main
+/// repository replicates, the other is reported `not_open` and joins once it is there. A
+/// `--to` with the wrong password is refused at once.
+#[test]
+fn a_destination_missing_at_start_is_retried_and_a_wrong_password_is_refused() {
+    let env = Env::new();
+    std::fs::write(env.path("wrong"), "not the password\n").unwrap();
+    let out = env
+        .cmd()
+        .env("LIFEBOAT_REPOSITORY", env.path("elsewhere"))
+        .args(["sqlite", "replicate"])
+        .arg(env.db())
+        .arg("--to")
+        .arg(env.path("repo"))
+        .arg("--to-password-file")
+        .arg(env.path("wrong"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("wrong password"), "{stderr}");
+
+    // The second destination's disk is not mounted yet.
+    let late = env.path("late");
+    let mut child = KillOnDrop(
+        env.cmd()
+            .args(["--json", "sqlite", "replicate"])
+            .arg(env.db())
+            .args(["--interval", "100ms", "--to"])
+            .arg(&late)
+            .arg("--status-file")
+            .arg(env.path("{database}.json"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let conn = Connection::open(env.db()).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let status_file = env.path("app.db.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        // Written while it replicates (rows from before its start are in the base snapshot).
+        conn.execute(
+            "INSERT INTO notes (body) VALUES (?1)",
+            [format!("note {i}")],
+        )
+        .unwrap();
+        let status: Option<serde_json::Value> = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(status) = status
+            && status["destinations"][0]["segments_shipped"].as_u64() > Some(0)
+        {
+            assert_eq!(status["destinations"][1]["state"], "not_open", "{status}");
+            assert!(
+                status["destinations"][1]["last_error"].is_string(),
+                "{status}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the main repository got nothing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Mounted: a repository appears there, and the replicator joins it.
+    let out = env
+        .cmd()
+        .env("LIFEBOAT_REPOSITORY", &late)
+        .args(["init", "--insecure-kdf-for-tests", "--pack-size-mib", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Until the replicator has joined it, the late repository has nothing of the database
+    // (status fails for it).
+    let polls = std::cell::Cell::new(0);
+    let both = || {
+        // A few rows after its base snapshot, so it receives segments too (then none, so the
+        // lag can reach 0).
+        polls.set(polls.get() + 1);
+        if polls.get() % 10 == 1 && polls.get() < 40 {
+            conn.execute("INSERT INTO notes (body) VALUES ('after')", [])
+                .unwrap();
+        }
+        let out = env
+            .cmd()
+            .args(["--json", "sqlite", "status"])
+            .arg(env.db())
+            .arg("--to")
+            .arg(&late)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| serde_json::json!([]))
+    };
+    wait_until_stored(both, 2);
+    let out = sigterm(&mut child);
+    assert!(out.status.success());
+    let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        statuses[0]["destinations"][1]["state"], "live",
+        "{statuses}"
+    );
+    let restored = env.path("from-late.db");
+    let out = env
+        .cmd()
+        .env("LIFEBOAT_REPOSITORY", &late)
+        .args(["sqlite", "restore"])
+        .arg(env.db())
+        .arg("--to")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(notes(&restored), notes(&env.db()));
+}

@@ -168,7 +168,7 @@ pub struct PgBackupOptions {
 }
 
 /// Options of a sqlite-replicate job: what `lifeboat sqlite replicate` takes, for one
-/// database into the job's repository.
+/// database into the job's repository and any more of its tenant's repositories.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteReplicateOptions {
@@ -193,6 +193,10 @@ pub struct SqliteReplicateOptions {
     /// Snapshot tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// More repositories of the job's tenant to replicate into besides the job's own, each
+    /// with its own queue and lag: one that is down does not hold back the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_to_repository_ids: Vec<String>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -782,6 +786,20 @@ pub async fn create_job(pool: &Pool, tenant_id: &str, mut new: NewJob) -> Result
     {
         return Err(Error::NotFound(format!("repository {}", new.repository_id)));
     }
+    if new.kind == JobKind::SqliteReplicate {
+        // Only the job's tenant's repositories: `get_repository` looks within the tenant.
+        let mut seen = std::collections::HashSet::from([new.repository_id.clone()]);
+        for id in sqlite_extra_destinations(&new.options)? {
+            if !seen.insert(id.clone()) {
+                return Err(Error::Invalid(format!(
+                    "repository {id} is named twice among the job's destinations"
+                )));
+            }
+            if get_repository(pool, tenant_id, &id).await?.is_none() {
+                return Err(Error::NotFound(format!("repository {id}")));
+            }
+        }
+    }
     if new.kind == JobKind::Copy {
         let to = copy_destination(&new.options)?;
         if to == new.repository_id {
@@ -935,6 +953,13 @@ pub async fn get_run(pool: &Pool, tenant_id: &str, id: &str) -> Result<Option<Ru
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(run_from_row).transpose()
+}
+
+/// The repositories a sqlite-replicate job feeds besides its own.
+pub fn sqlite_extra_destinations(options: &serde_json::Value) -> Result<Vec<String>> {
+    let o: SqliteReplicateOptions = serde_json::from_value(options.clone())
+        .map_err(|e| Error::Invalid(format!("options of a sqlite-replicate job: {e}")))?;
+    Ok(o.also_to_repository_ids)
 }
 
 /// The destination repository id of a copy job's options.

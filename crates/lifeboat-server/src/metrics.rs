@@ -43,6 +43,26 @@ pub struct ReplicationReport {
     pub bytes_shipped: u64,
     /// The destination's (or reader's) last error.
     pub last_error: Option<String>,
+    /// Each destination (the job's repository first); the fields above are their worst
+    /// (lag), any (released) or sum (bytes shipped).
+    pub destinations: Vec<DestinationReport>,
+}
+
+/// What the replicator reports about one of a job's repositories.
+#[derive(Debug, Clone)]
+pub struct DestinationReport {
+    /// The repository's id.
+    pub repository_id: String,
+    /// Live, released, or not open yet.
+    pub state: lifeboat_sqlite::DestinationState,
+    /// Seconds since the oldest commit not stored there was captured.
+    pub lag_seconds: f64,
+    /// Committed WAL bytes not stored there.
+    pub lag_bytes: u64,
+    /// Frame bytes stored there by the current session.
+    pub bytes_shipped: u64,
+    /// Its last error.
+    pub last_error: Option<String>,
 }
 
 impl Metrics {
@@ -231,6 +251,9 @@ fn render_replication(metrics: &Metrics, out: &mut String) {
     let mut seconds = String::new();
     let mut bytes = String::new();
     let mut shipped = String::new();
+    let mut dest_live = String::new();
+    let mut dest_seconds = String::new();
+    let mut dest_bytes = String::new();
     for (job_id, r) in &reports {
         let labels = format!(
             "tenant=\"{}\",job=\"{}\",job_id=\"{}\",kind=\"sqlite-replicate\"",
@@ -262,6 +285,24 @@ fn render_replication(metrics: &Metrics, out: &mut String) {
             "lifeboat_replication_shipped_bytes_total{{{labels}}} {}",
             r.bytes_shipped
         );
+        for d in &r.destinations {
+            let labels = format!("{labels},repository_id=\"{}\"", escape(&d.repository_id));
+            let _ = writeln!(
+                dest_live,
+                "lifeboat_replication_destination_live{{{labels}}} {}",
+                u8::from(d.state == lifeboat_sqlite::DestinationState::Live)
+            );
+            let _ = writeln!(
+                dest_seconds,
+                "lifeboat_replication_destination_lag_seconds{{{labels}}} {}",
+                d.lag_seconds
+            );
+            let _ = writeln!(
+                dest_bytes,
+                "lifeboat_replication_destination_lag_bytes{{{labels}}} {}",
+                d.lag_bytes
+            );
+        }
     }
     for (name, kind, help, body) in [
         (
@@ -293,6 +334,24 @@ fn render_replication(metrics: &Metrics, out: &mut String) {
             "counter",
             "WAL frame bytes stored by the replicator since it (re)started.",
             &shipped,
+        ),
+        (
+            "lifeboat_replication_destination_live",
+            "gauge",
+            "1 while the repository holds the WAL; 0 while it is released or not open yet (it is retried).",
+            &dest_live,
+        ),
+        (
+            "lifeboat_replication_destination_lag_seconds",
+            "gauge",
+            "Per repository of the job: seconds since the oldest commit not yet stored there was captured.",
+            &dest_seconds,
+        ),
+        (
+            "lifeboat_replication_destination_lag_bytes",
+            "gauge",
+            "Per repository of the job: committed WAL bytes not yet stored there.",
+            &dest_bytes,
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -13,19 +13,20 @@
 //!   [`FAIL_AFTER`]. The next start waits `retry_base_secs`, doubled after each further failure
 //!   up to [`MAX_BACKOFF`]. After `max_retries + 1` failures in a row the job's `job-failed`
 //!   alert fires; it resolves once a session has replicated for [`HEALTHY_AFTER`].
-//! * **Lag.** What the replicator reports for its destination (seconds since the oldest commit
-//!   not stored, bytes not stored) is kept in [`crate::metrics::Metrics`] for `/metrics` and
-//!   for the `lag_alert_secs` rule (evaluated by the scheduler). A destination that does not
-//!   answer keeps the WAL only up to `max_lag_mib`, and its lag keeps growing meanwhile.
+//! * **Lag.** What the replicator reports for each destination (the job's repository and those
+//!   in `also_to_repository_ids`, all of the job's tenant: seconds since the oldest commit not
+//!   stored, bytes not stored) is kept in [`crate::metrics::Metrics`] for `/metrics` (per
+//!   repository, and the worst per job) and for the `lag_alert_secs` rule (evaluated by the
+//!   scheduler on the worst). A destination that does not answer keeps the WAL only up to
+//!   `max_lag_mib`, and its lag keeps growing meanwhile; one that does not answer when the
+//!   session starts is retried in the background while the others replicate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lifeboat_repo::Repository;
-use lifeboat_sqlite::{Destination, DestinationState, ReplicationStatus, Replicator};
-use lifeboat_storage::Storage;
+use lifeboat_sqlite::{DestinationState, ReplicationStatus, Replicator};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -33,7 +34,7 @@ use crate::audit::Event;
 use crate::catalog::{new_id, now_millis};
 use crate::error::Result;
 use crate::jobs::{self, JobInfo, SqliteReplicateOptions};
-use crate::metrics::ReplicationReport;
+use crate::metrics::{DestinationReport, ReplicationReport};
 use crate::scheduler::LOG_EXCERPT;
 use crate::server::AppState;
 
@@ -245,9 +246,9 @@ async fn session(
             status: None,
             error: Some(message),
         },
-        Ok((options, location, password)) => {
+        Ok((options, targets)) => {
             app.running.claim(&job.id);
-            let outcome = run_thread(app, job, stop, options, location, password, &run_id).await;
+            let outcome = run_thread(app, job, stop, options, targets, &run_id).await;
             app.running.release(&job.id);
             outcome
         }
@@ -259,8 +260,7 @@ async fn session(
     let shipped = outcome
         .status
         .as_ref()
-        .and_then(|s| s.destinations.first())
-        .map(|d| d.bytes_shipped);
+        .map(|s| s.destinations.iter().map(|d| d.bytes_shipped).sum::<u64>());
     let mut log = match &outcome.status {
         Some(status) => summary(status),
         None => String::new(),
@@ -317,17 +317,25 @@ async fn session(
     })
 }
 
-type Prepared = (SqliteReplicateOptions, String, zeroize::Zeroizing<Vec<u8>>);
+/// A repository the job replicates into: its id, location and password.
+type Target = (String, String, zeroize::Zeroizing<Vec<u8>>);
+
+type Prepared = (SqliteReplicateOptions, Vec<Target>);
 
 async fn prepare(app: &AppState, job: &JobInfo) -> std::result::Result<Prepared, String> {
     let options: SqliteReplicateOptions = serde_json::from_value(job.options.clone())
         .map_err(|e| format!("options of a sqlite-replicate job: {e}"))?;
-    match jobs::repository_secret(&app.pool, &app.sealer, &job.tenant_id, &job.repository_id).await
-    {
-        Ok(Some((location, password))) => Ok((options, location, password)),
-        Ok(None) => Err("the job's repository no longer exists".into()),
-        Err(e) => Err(e.to_string()),
+    let mut targets = Vec::new();
+    let ids = std::iter::once(&job.repository_id).chain(&options.also_to_repository_ids);
+    for id in ids {
+        // Looked up within the job's tenant only.
+        match jobs::repository_secret(&app.pool, &app.sealer, &job.tenant_id, id).await {
+            Ok(Some((location, password))) => targets.push((id.clone(), location, password)),
+            Ok(None) => return Err(format!("the job's repository {id} no longer exists")),
+            Err(e) => return Err(e.to_string()),
+        }
     }
+    Ok((options, targets))
 }
 
 /// Runs the replicator on its own thread until `stop` or a failure; meanwhile records the
@@ -337,8 +345,7 @@ async fn run_thread(
     job: &JobInfo,
     stop: &Arc<AtomicBool>,
     options: SqliteReplicateOptions,
-    location: String,
-    password: zeroize::Zeroizing<Vec<u8>>,
+    targets: Vec<Target>,
     run_id: &str,
 ) -> ThreadOutcome {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -351,14 +358,7 @@ async fn run_thread(
             &job.id[..8.min(job.id.len())]
         ))
         .spawn(move || {
-            let outcome = replicate(
-                &thread_app,
-                &thread_job,
-                &thread_stop,
-                &options,
-                &location,
-                &password,
-            );
+            let outcome = replicate(&thread_app, &thread_job, &thread_stop, &options, targets);
             let _ = tx.send(outcome);
         });
     if let Err(e) = spawned {
@@ -411,29 +411,26 @@ fn replicate(
     job: &JobInfo,
     stop: &AtomicBool,
     options: &SqliteReplicateOptions,
-    location: &str,
-    password: &[u8],
+    targets: Vec<Target>,
 ) -> ThreadOutcome {
     let failed = |message: String| ThreadOutcome {
         status: None,
         error: Some(message),
     };
-    let storage = match Storage::open(location) {
-        Ok(s) => s,
-        Err(e) => return failed(format!("cannot reach the repository at {location}: {e}")),
-    };
-    let repo = match Repository::open(storage, password).and_then(|r| r.load_index()) {
-        Ok(r) => r,
-        Err(e) => return failed(format!("cannot open the repository at {location}: {e}")),
-    };
-    let destination = Destination {
-        name: location.to_owned(),
-        repo,
-    };
+    let repository_ids: Vec<String> = targets.iter().map(|(id, _, _)| id.clone()).collect();
+    let mut destinations = Vec::new();
+    for (_, location, password) in targets {
+        // One that does not answer is retried by the replicator in the background (the others
+        // replicate meanwhile); a wrong password fails the session.
+        match lifeboat_sqlite::open_destination(location.clone(), &location, password) {
+            Ok(d) => destinations.push(d),
+            Err(e) => return failed(format!("cannot open the repository at {location}: {e}")),
+        }
+    }
     let library_options = options.replicate_options();
     let interval = library_options.interval;
     let mut replicator =
-        match Replicator::open_with(&options.database, vec![destination], library_options) {
+        match Replicator::open_with(&options.database, destinations, library_options) {
             Ok(r) => r,
             Err(e) => {
                 return failed(format!(
@@ -444,7 +441,7 @@ fn replicate(
         };
     let report = |status: &ReplicationStatus| {
         app.metrics
-            .report_replication(&job.id, report_of(job, status));
+            .report_replication(&job.id, report_of(job, &repository_ids, status));
     };
     report(&replicator.status());
     let mut failing_since: Option<Instant> = None;
@@ -488,28 +485,58 @@ fn replicate(
     }
 }
 
-fn report_of(job: &JobInfo, status: &ReplicationStatus) -> ReplicationReport {
-    let destination = status.destinations.first();
+/// The job's report: the worst of its destinations at the job level (what the lag alert
+/// watches), and each destination by repository id.
+fn report_of(
+    job: &JobInfo,
+    repository_ids: &[String],
+    status: &ReplicationStatus,
+) -> ReplicationReport {
+    let destinations: Vec<DestinationReport> = status
+        .destinations
+        .iter()
+        .zip(repository_ids)
+        .map(|(d, id)| DestinationReport {
+            repository_id: id.clone(),
+            state: d.state,
+            lag_seconds: d.lag_seconds,
+            lag_bytes: d.lag_bytes,
+            bytes_shipped: d.bytes_shipped,
+            last_error: d.last_error.clone(),
+        })
+        .collect();
     ReplicationReport {
         tenant_id: job.tenant_id.clone(),
         job_name: job.name.clone(),
         database: status.database.clone(),
         up: true,
-        released: destination.is_some_and(|d| d.state == DestinationState::Released),
-        lag_seconds: destination.map_or(0.0, |d| d.lag_seconds),
-        lag_bytes: destination.map_or(0, |d| d.lag_bytes),
-        bytes_shipped: destination.map_or(0, |d| d.bytes_shipped),
-        last_error: destination
-            .and_then(|d| d.last_error.clone())
+        released: destinations
+            .iter()
+            .any(|d| d.state != DestinationState::Live),
+        lag_seconds: destinations
+            .iter()
+            .map(|d| d.lag_seconds)
+            .fold(0.0, f64::max),
+        lag_bytes: destinations.iter().map(|d| d.lag_bytes).max().unwrap_or(0),
+        bytes_shipped: destinations.iter().map(|d| d.bytes_shipped).sum(),
+        last_error: destinations
+            .iter()
+            .find_map(|d| d.last_error.clone())
             .or_else(|| status.last_error.clone()),
+        destinations,
     }
 }
 
 fn summary(status: &ReplicationStatus) -> String {
-    match status.destinations.first() {
-        Some(d) => format!(
-            "replicated {} (stream {}, generation {}): {} segments ({} bytes), {} snapshot(s), {} checkpoint(s); {} s behind ({} bytes) at the end",
+    if status.destinations.is_empty() {
+        return format!("replicated {}", status.database);
+    }
+    let mut lines = Vec::new();
+    for d in &status.destinations {
+        lines.push(format!(
+            "replicated {} to {} (stream {}, generation {}): {} segments ({} bytes), {} snapshot(s), {} checkpoint(s); {} s behind ({} bytes) at the end{}",
             status.database,
+            d.repository,
             d.stream,
             d.generation,
             d.segments_shipped,
@@ -517,8 +544,13 @@ fn summary(status: &ReplicationStatus) -> String {
             d.snapshots_taken,
             status.checkpoints,
             d.lag_seconds.round(),
-            d.lag_bytes
-        ),
-        None => format!("replicated {}", status.database),
+            d.lag_bytes,
+            match d.state {
+                DestinationState::Live => String::new(),
+                DestinationState::Released => "; released".into(),
+                DestinationState::NotOpen => "; never opened".into(),
+            }
+        ));
     }
+    lines.join("\n")
 }

@@ -66,6 +66,11 @@ impl Follower {
         let segments = catalog::generation_segments(&self.repo, &stream, &self.state.generation)?;
         let mut applied = 0;
         let from = self.state.position;
+        // Parts of a large transaction wait (verified) for the segment with their commit;
+        // then all are written under one lock, so readers never see half of it.
+        let mut parts: Vec<String> = Vec::new();
+        let mut position = self.state.position;
+        let mut cursor = self.state.cursor;
         for listed in segments.into_iter().filter(|s| s.position >= from) {
             let bad = |reason: String| Error::Segment {
                 stream: stream.clone(),
@@ -75,7 +80,7 @@ impl Follower {
                     self.state.captured, self.state.position
                 ),
             };
-            if listed.position != self.state.position {
+            if listed.position != position {
                 return Err(bad("a segment before it is missing".to_string()));
             }
             let bytes = self
@@ -83,21 +88,36 @@ impl Follower {
                 .get_stream_object(&stream, &listed.name)
                 .map_err(|e| bad(format!("cannot be read: {e}")))?;
             let (header, frames) = segment::decode(&bytes).map_err(&bad)?;
-            if !header.new_cycle && self.state.cursor.is_some_and(|c| c != header.start) {
+            if !header.new_cycle && cursor.is_some_and(|c| c != header.start) {
                 return Err(bad(
                     "it does not continue the previous segment's WAL checksum chain".to_string(),
                 ));
             }
             let verified = restore::verify_frames(&header, frames).map_err(&bad)?;
+            position = header.end_position;
+            cursor = Some(header.end);
+            if header.part {
+                parts.push(listed.name.clone());
+                continue;
+            }
+            let repo = &self.repo;
+            let earlier = parts.len() as u64;
             let transactions = self.locked(|file, path| {
+                for part in parts.drain(..) {
+                    let again = restore::read_part(repo, &stream, &part).map_err(&bad)?;
+                    let (part_header, part_frames) = segment::decode(&again).map_err(&bad)?;
+                    let part_verified =
+                        restore::verify_frames(&part_header, part_frames).map_err(&bad)?;
+                    restore::write_frames(file, path, part_header.page_size, &part_verified)?;
+                }
                 restore::write_frames(file, path, header.page_size, &verified)
             })?;
             self.state.transactions += transactions;
-            self.state.segments += 1;
+            self.state.segments += 1 + earlier;
             self.state.position = header.end_position;
             self.state.cursor = Some(header.end);
             self.state.captured = header.captured;
-            applied += 1;
+            applied += 1 + earlier;
         }
         Ok(applied)
     }

@@ -74,7 +74,7 @@ pub use catalog::{DatabaseSnapshot, Selector, SnapshotState};
 pub use error::{Error, Result};
 pub use follow::Follower;
 pub use replicate::{
-    Destination, DestinationState, DestinationStatus, ReplicateOptions, ReplicationStatus,
-    Replicator,
+    Destination, DestinationState, DestinationStatus, Opener, ReplicateOptions, ReplicationStatus,
+    Replicator, open_destination,
 };
 pub use restore::{RestoreOutcome, RestorePoint, restore};

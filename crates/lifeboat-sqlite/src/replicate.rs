@@ -34,6 +34,14 @@
 //! local disk without bound. When it answers again it either finds the WAL still continuing
 //! its journal (and catches up), or starts a new generation with a fresh snapshot.
 //!
+//! A destination whose repository cannot be opened at start (unreachable, not mounted) is
+//! *not open*: it holds nothing, its worker retries opening it in the background, and once it
+//! opens it joins like a released destination that answers again. With no live destination
+//! the read transaction is not held at all.
+//!
+//! A transaction larger than a segment is stored in parts (see [`crate::segment`]): the reader
+//! only notes where commits end, and a worker reads at most one segment of frames at a time.
+//!
 //! If the replicator loses track (it was stopped and the log was restarted meanwhile, say by
 //! someone's `wal_checkpoint(TRUNCATE)`), each destination starts a new *generation* with a
 //! fresh snapshot.
@@ -69,7 +77,7 @@ pub struct ReplicateOptions {
     /// last frames; past it the checkpoint is postponed (the application's writers wait that
     /// long at most).
     pub max_lock_hold: Duration,
-    /// Largest segment (a single bigger transaction still goes into one segment).
+    /// Largest segment (a bigger transaction is stored in parts of this size).
     pub max_segment_bytes: u64,
     /// Unstored WAL bytes after which a destination that is unreachable or slow is released:
     /// it stops holding the WAL on local disk, and resyncs when it answers (`None`: hold it
@@ -103,21 +111,108 @@ impl Default for ReplicateOptions {
     }
 }
 
+/// Opens a destination's repository (index loaded) that did not answer when replication
+/// began; its error says why it is still not reachable. Called again, with a growing wait,
+/// until it succeeds.
+pub type Opener = Box<dyn FnMut() -> std::result::Result<IndexedRepository, String> + Send>;
+
 /// One repository to replicate into.
 pub struct Destination {
     /// How status and logs name it (its location; never a secret).
     pub name: String,
-    /// The repository, index loaded.
-    pub repo: IndexedRepository,
+    repo: Option<IndexedRepository>,
+    opener: Option<Opener>,
+    /// Why it could not be opened at start.
+    first_error: Option<String>,
 }
 
 impl Destination {
     /// A destination named by its storage location.
     pub fn new(repo: IndexedRepository) -> Destination {
+        Destination::named(repo.storage().location().to_string(), repo)
+    }
+
+    /// An open destination with the name status and logs give it.
+    pub fn named(name: impl Into<String>, repo: IndexedRepository) -> Destination {
         Destination {
-            name: repo.storage().location().to_string(),
-            repo,
+            name: name.into(),
+            repo: Some(repo),
+            opener: None,
+            first_error: None,
         }
+    }
+
+    /// A destination whose repository could not be opened yet (unreachable, not mounted):
+    /// it starts [`DestinationState::NotOpen`], holding nothing, and its thread calls
+    /// `opener` (after 1 s, doubling to 60 s while it fails) until the repository opens; it
+    /// then joins like a released destination that answers again. `last_error` is what the
+    /// first attempt met.
+    pub fn pending(
+        name: impl Into<String>,
+        last_error: impl Into<String>,
+        opener: Opener,
+    ) -> Destination {
+        Destination {
+            name: name.into(),
+            repo: None,
+            opener: Some(opener),
+            first_error: Some(last_error.into()),
+        }
+    }
+}
+
+/// Opens the repository at `location` as a destination named `name`, telling an outage from a
+/// mistake: a repository that does not answer (network, server down), a local directory that
+/// is missing or is not a directory (not mounted), or a location holding no repository yet
+/// (an empty mount point) gives a [`Destination::pending`] that is tried again in the
+/// background with the same password; a wrong password, credentials the storage refuses, an
+/// unusable location or damaged key files are an error now, as retrying cannot mend them.
+pub fn open_destination<P>(
+    name: impl Into<String>,
+    location: &str,
+    password: P,
+) -> Result<Destination>
+where
+    P: AsRef<[u8]> + Send + 'static,
+{
+    let local = matches!(
+        lifeboat_storage::Location::parse(location).map_err(lifeboat_repo::Error::from)?,
+        lifeboat_storage::Location::Local(_)
+    );
+    let location = location.to_string();
+    let open = move || -> std::result::Result<IndexedRepository, (bool, lifeboat_repo::Error)> {
+        let storage = lifeboat_storage::Storage::open(&location).map_err(|e| {
+            // For a local path, the only check at open is that the directory is there.
+            let outage = local && matches!(e, lifeboat_storage::StorageError::Config { .. });
+            (outage, e.into())
+        })?;
+        lifeboat_repo::Repository::open(storage, password.as_ref())
+            .and_then(lifeboat_repo::Repository::load_index)
+            .map_err(|e| (is_outage(&e), e))
+    };
+    let name = name.into();
+    match open() {
+        Ok(repo) => Ok(Destination::named(name, repo)),
+        Err((true, e)) => Ok(Destination::pending(
+            name,
+            e.to_string(),
+            Box::new(move || open().map_err(|(_, e)| e.to_string())),
+        )),
+        Err((false, e)) => Err(e.into()),
+    }
+}
+
+/// Whether an error opening a repository may pass by itself (the storage does not answer,
+/// or holds no repository yet) rather than being a misconfiguration.
+fn is_outage(error: &lifeboat_repo::Error) -> bool {
+    use lifeboat_storage::StorageError;
+    match error {
+        lifeboat_repo::Error::NotARepository { .. } => true,
+        lifeboat_repo::Error::Storage(e) => !matches!(
+            e,
+            StorageError::PermissionDenied { .. } | StorageError::Config { .. }
+        ),
+        _ => false,
     }
 }
 
@@ -130,6 +225,10 @@ pub enum DestinationState {
     Live,
     /// It fell past the lag limit or failed: it holds nothing, and resyncs when it answers.
     Released,
+    /// Its repository has not opened since the replicator started (it did not answer, or
+    /// is not there yet): it holds nothing, is tried again in the background, and joins as a
+    /// released destination that answers once it opens.
+    NotOpen,
 }
 
 /// What one destination has received, for status output and metrics.
@@ -261,6 +360,9 @@ struct LaneState {
     backlog: u64,
     /// When the oldest commit not stored here was captured, while released.
     waiting_since: Option<Instant>,
+    /// The worker has its repository and knows where its journal stands (false only for a
+    /// destination that did not open at start, until it does).
+    open: bool,
     status: DestinationStatus,
 }
 
@@ -438,20 +540,33 @@ impl Replicator {
             };
             let mut based = false;
             let mut uploaded = None;
-            match find_resume(&destination.repo, &database) {
-                Ok(Some(resume)) => {
-                    status.stream = resume.stream;
-                    status.generation = resume.generation;
-                    status.position = resume.position;
-                    uploaded = resume.cursor;
-                    based = true;
+            let open = destination.repo.is_some();
+            match &destination.repo {
+                None => {
+                    tracing::warn!(
+                        database,
+                        destination = destination.name,
+                        "{}; tried again in the background",
+                        destination.first_error.as_deref().unwrap_or("not open")
+                    );
+                    status.state = DestinationState::NotOpen;
+                    status.last_error = destination.first_error.clone();
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(database, destination = destination.name, "{e}");
-                    status.last_error = Some(e.to_string());
-                    unreachable.push(i);
-                }
+                Some(repo) => match find_resume(repo, &database) {
+                    Ok(Some(resume)) => {
+                        status.stream = resume.stream;
+                        status.generation = resume.generation;
+                        status.position = resume.position;
+                        uploaded = resume.cursor;
+                        based = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(database, destination = destination.name, "{e}");
+                        status.last_error = Some(e.to_string());
+                        unreachable.push(i);
+                    }
+                },
             }
             let lane = Arc::new(Lane {
                 state: Mutex::new(LaneState {
@@ -463,7 +578,8 @@ impl Replicator {
                     based,
                     uploaded,
                     backlog: 0,
-                    waiting_since: None,
+                    waiting_since: (!open).then(Instant::now),
+                    open,
                     status,
                 }),
                 wake: Condvar::new(),
@@ -471,6 +587,7 @@ impl Replicator {
             let worker = Worker {
                 lane: lane.clone(),
                 repo: destination.repo,
+                opener: destination.opener,
                 wal_path: wal_path.clone(),
                 db_path: db_path.clone(),
                 database: database.clone(),
@@ -511,7 +628,11 @@ impl Replicator {
         for i in unreachable {
             replicator.release(i, None);
         }
-        replicator.start()?;
+        // With no destination live there is nobody to hold the WAL for (the rule of
+        // `round`): the read transaction is taken when the first one joins.
+        if !replicator.live_lanes().is_empty() {
+            replicator.start()?;
+        }
         // Callers expect the base snapshots stored when this returns; a destination that
         // takes longer (or fails) goes on in the background.
         replicator.wait_for_live_lanes(Duration::from_secs(120), false);
@@ -533,7 +654,9 @@ impl Replicator {
                     let mut status = state.status.clone();
                     status.lag_bytes = state.backlog;
                     let oldest = match status.state {
-                        DestinationState::Released => state.waiting_since,
+                        DestinationState::Released | DestinationState::NotOpen => {
+                            state.waiting_since
+                        }
                         DestinationState::Live => state.jobs.iter().find_map(|job| match job {
                             Job::Upload(round) => Some(round.seen),
                             _ => None,
@@ -670,7 +793,7 @@ impl Replicator {
     fn committed_end(&self) -> Result<Option<WalCursor>> {
         let mut cursor: Option<WalCursor> = None;
         loop {
-            match wal::read_committed(&self.wal_path, cursor.as_ref(), 64 << 20)? {
+            match wal::scan_committed(&self.wal_path, cursor.as_ref(), 64 << 20)? {
                 None => return Ok(cursor),
                 Some(read) => {
                     if read.commits == 0 {
@@ -738,7 +861,8 @@ impl Replicator {
     /// lanes only count it as lag).
     fn capture(&mut self) -> Result<()> {
         loop {
-            let Some(read) = wal::read_committed(
+            // Only where the committed frames end: the lanes read the frames themselves.
+            let Some(read) = wal::scan_committed(
                 &self.wal_path,
                 self.captured.as_ref(),
                 self.options.max_segment_bytes,
@@ -750,7 +874,7 @@ impl Replicator {
                 break;
             }
             self.page_size = read.header.page_size;
-            let full = read.frames.len() as u64 >= self.options.max_segment_bytes;
+            let full = read.bytes >= self.options.max_segment_bytes;
             let round = Round {
                 start: read.start,
                 end: read.end,
@@ -767,7 +891,7 @@ impl Replicator {
                 }
             }
             self.captured = Some(read.end);
-            self.bytes_captured += read.frames.len() as u64;
+            self.bytes_captured += read.bytes;
             if !full {
                 break;
             }
@@ -1165,7 +1289,9 @@ impl Drop for Replicator {
 /// A lane's worker: stores its queue into its repository, in order.
 struct Worker {
     lane: Arc<Lane>,
-    repo: IndexedRepository,
+    /// `None` until a destination that did not open at start opens.
+    repo: Option<IndexedRepository>,
+    opener: Option<Opener>,
     wal_path: PathBuf,
     db_path: PathBuf,
     database: String,
@@ -1215,6 +1341,9 @@ struct Journal {
 impl Worker {
     fn run(mut self) {
         let mut backoff = Duration::ZERO;
+        // A destination that did not open at start: its first try was the caller's.
+        let mut open_wait = Duration::from_secs(1);
+        let mut next_open = Instant::now() + open_wait;
         loop {
             let (job, epoch, journal, stopping) = {
                 let mut state = self.lane.lock();
@@ -1225,10 +1354,30 @@ impl Worker {
                     if state.stop {
                         return;
                     }
+                    let mut wait = Duration::from_secs(1);
+                    if !state.open {
+                        let now = Instant::now();
+                        if now >= next_open {
+                            drop(state);
+                            let outcome = self.attach();
+                            state = self.lane.lock();
+                            match outcome {
+                                Ok(resume) => join_opened(&mut state, resume),
+                                Err(reason) => {
+                                    tracing::debug!(database = %self.database, destination = state.status.repository, "still not open: {reason}");
+                                    state.status.last_error = Some(reason);
+                                    open_wait = (open_wait * 2).min(Duration::from_secs(60));
+                                    next_open = Instant::now() + open_wait;
+                                }
+                            }
+                            continue;
+                        }
+                        wait = wait.min(next_open - now);
+                    }
                     state = self
                         .lane
                         .wake
-                        .wait_timeout(state, Duration::from_secs(1))
+                        .wait_timeout(state, wait)
                         .map_or_else(|p| p.into_inner().0, |(s, _)| s);
                 }
                 state.busy = true;
@@ -1308,7 +1457,24 @@ impl Worker {
         }
     }
 
+    /// Opens the repository of a destination that did not open at start (if it has not yet)
+    /// and finds where its journal of this database stands.
+    fn attach(&mut self) -> std::result::Result<Option<Resume>, String> {
+        if self.repo.is_none() {
+            let opener = self
+                .opener
+                .as_mut()
+                .ok_or_else(|| "no way to open the repository".to_string())?;
+            self.repo = Some(opener()?);
+        }
+        let repo = self.repo.as_ref().expect("opened above");
+        find_resume(repo, &self.database).map_err(|e| e.to_string())
+    }
+
     fn perform(&mut self, job: &Job, journal: &Journal) -> std::result::Result<Done, Failure> {
+        if self.repo.is_none() {
+            return Err(Failure::Fatal("the repository is not open".into()));
+        }
         match job {
             Job::Upload(round) => self.upload(round, journal),
             Job::Base(copy) => self.base(copy, journal),
@@ -1354,11 +1520,17 @@ impl Worker {
                 round.start.offset
             ))
         };
-        let max = self.options.max_segment_bytes.min(round.bytes()).max(1);
-        let read = wal::read_committed(&self.wal_path, Some(&round.start), max)
-            .map_err(|e| Failure::Fatal(e.to_string()))?
-            .ok_or_else(|| gone("the file has no header"))?;
-        if read.new_cycle || read.start != round.start || read.commits == 0 {
+        // A transaction larger than a segment is stored in parts, so neither a segment nor
+        // the memory to build it grows with the transaction.
+        let read = wal::read_piece(
+            &self.wal_path,
+            &round.start,
+            round.end.offset,
+            self.options.max_segment_bytes,
+        )
+        .map_err(|e| Failure::Fatal(e.to_string()))?
+        .ok_or_else(|| gone("the log was restarted"))?;
+        if read.frames.is_empty() {
             return Err(gone("the log was restarted"));
         }
         if read.end.offset > round.end.offset || read.end.salt != round.end.salt {
@@ -1376,9 +1548,12 @@ impl Worker {
             start: read.start,
             end: read.end,
             commits: read.commits,
+            part: read.open,
         };
         let name = segment::name(&header.generation, header.position, header.captured);
         self.repo
+            .as_ref()
+            .expect("perform checks it is open")
             .put_stream_object(
                 &journal.stream,
                 &name,
@@ -1400,12 +1575,17 @@ impl Worker {
         let stream = if journal.stream.is_empty() {
             // Not known yet (the repository did not answer at start): ask it first, which also
             // tells whether it answers before a copy of the database is made.
-            find_resume(&self.repo, &self.database)
-                .map_err(fatal)?
-                .map_or_else(catalog::new_stream_id, |r| r.stream)
+            find_resume(
+                self.repo.as_ref().expect("perform checks it is open"),
+                &self.database,
+            )
+            .map_err(fatal)?
+            .map_or_else(catalog::new_stream_id, |r| r.stream)
         } else {
             // A cheap request first: a repository that does not answer costs no copy.
             self.repo
+                .as_ref()
+                .expect("perform checks it is open")
                 .list_stream_objects(&journal.stream)
                 .map_err(|e| fatal(e.into()))?;
             journal.stream.clone()
@@ -1422,8 +1602,8 @@ impl Worker {
             page_size: copy.page_size,
         };
         let path = copy.path().map_err(fatal)?;
-        store_snapshot(path, &state, &mut self.repo, &self.db_path, &self.options)
-            .map_err(fatal)?;
+        let repo = self.repo.as_mut().expect("perform checks it is open");
+        store_snapshot(path, &state, repo, &self.db_path, &self.options).map_err(fatal)?;
         Ok(Done::Base {
             stream,
             generation,
@@ -1455,11 +1635,31 @@ impl Worker {
         };
         let skip = |e: Error| Failure::Skip(format!("snapshot: {e}"));
         let path = copy.path().map_err(skip)?;
-        store_snapshot(path, &state, &mut self.repo, &self.db_path, &self.options).map_err(skip)?;
+        let repo = self.repo.as_mut().expect("perform checks it is open");
+        store_snapshot(path, &state, repo, &self.db_path, &self.options).map_err(skip)?;
         Ok(Done::Snapshot {
             captured: copy.captured,
         })
     }
+}
+
+/// A destination that did not open at start has opened: it knows where its journal stands and
+/// becomes a released destination due at once, which the reader's next round lets join
+/// (continuing that journal if the WAL still does, else with a new generation).
+fn join_opened(state: &mut LaneState, resume: Option<Resume>) {
+    if let Some(resume) = resume {
+        state.status.stream = resume.stream;
+        state.status.generation = resume.generation;
+        state.status.position = resume.position;
+        state.uploaded = resume.cursor;
+        state.based = true;
+    }
+    tracing::info!(
+        destination = state.status.repository,
+        "the repository opened; joining"
+    );
+    state.open = true;
+    state.status.state = DestinationState::Released;
 }
 
 /// Records what a job stored; advances the queue only if it is still the epoch's.

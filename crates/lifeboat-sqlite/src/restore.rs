@@ -204,6 +204,11 @@ fn apply_segments(
             outcome.captured, outcome.captured
         )
     };
+    // Parts of a transaction larger than a segment, verified and waiting for the segment with
+    // their commit: only then are they read again and written, so no restore ever holds half
+    // a transaction, and memory stays at one segment.
+    let mut parts: Vec<String> = Vec::new();
+    let mut position_so_far = outcome.position;
     for listed in segments {
         let (name, position) = (listed.name, listed.position);
         if position < base.state.position {
@@ -219,11 +224,10 @@ fn apply_segments(
             name: name.clone(),
             reason: format!("{reason}; {}", last_good(outcome)),
         };
-        if position != outcome.position {
+        if position != position_so_far {
             return Err(bad(
                 format!(
-                    "it starts at position {position} but the journal so far ends at {}: a segment is missing",
-                    outcome.position
+                    "it starts at position {position} but the journal so far ends at {position_so_far}: a segment is missing"
                 ),
                 outcome,
             ));
@@ -248,16 +252,42 @@ fn apply_segments(
             ));
         }
         let verified = verify_frames(&header, frames).map_err(|reason| bad(reason, outcome))?;
-        outcome.transactions += write_frames(&file, file_path, header.page_size, &verified)?;
         cursor = Some(header.end);
+        position_so_far = header.end_position;
+        if header.part {
+            parts.push(name);
+            continue;
+        }
+        for part in parts.drain(..) {
+            let again = read_part(repo, stream, &part).map_err(|reason| bad(reason, outcome))?;
+            let (part_header, part_frames) =
+                segment::decode(&again).map_err(|e| bad(e, outcome))?;
+            let part_verified =
+                verify_frames(&part_header, part_frames).map_err(|reason| bad(reason, outcome))?;
+            write_frames(&file, file_path, part_header.page_size, &part_verified)?;
+            outcome.segments += 1;
+        }
+        outcome.transactions += write_frames(&file, file_path, header.page_size, &verified)?;
         outcome.position = header.end_position;
         outcome.cursor = cursor;
         outcome.captured = header.captured;
         outcome.segments += 1;
     }
+    // Parts left without their commit (a restore to a moment between them and the end of
+    // their round, or a replicator stopped between parts) are not applied.
     file.sync_all()
         .map_err(|e| Error::io("sync", file_path, e))?;
     Ok(())
+}
+
+/// Reads a part again (it was verified once; objects never change, and it is verified again).
+pub(crate) fn read_part(
+    repo: &IndexedRepository,
+    stream: &str,
+    name: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    repo.get_stream_object(stream, name)
+        .map_err(|e| format!("part {name} cannot be read again: {e}"))
 }
 
 /// Sets the header's read and write versions (bytes 18 and 19) to 1, rollback journal: the
@@ -288,7 +318,11 @@ pub(crate) fn verify_frames<'a>(
     )
     .collect::<std::result::Result<Vec<_>, usize>>()
     .map_err(|index| format!("frame {index} fails its WAL checksum"))?;
-    if !verified.last().is_some_and(|(h, _)| h.is_commit()) {
+    if header.part {
+        if verified.is_empty() || verified.iter().any(|(h, _)| h.is_commit()) {
+            return Err("a part of a transaction must hold frames and no commit".to_string());
+        }
+    } else if !verified.last().is_some_and(|(h, _)| h.is_commit()) {
         return Err("it does not end with a complete transaction".to_string());
     }
     Ok(verified)

@@ -1,4 +1,10 @@
-//! Journal segments: one batch of whole WAL transactions, stored as one stream object.
+//! Journal segments: one batch of whole WAL transactions, stored as one stream object, or a
+//! *part* of one transaction larger than a segment.
+//!
+//! A part (format version 2, [`SegmentHeader::part`]) holds frames of one transaction and no
+//! commit; the segments after it continue the transaction, and the one holding the commit
+//! closes it. Readers apply parts only together with that segment, so no restore shows half
+//! a transaction; segments of whole transactions keep version 1, as before parts existed.
 //!
 //! A segment's plaintext is `"LBSQ"`, a version byte, three zero bytes, the length (u32,
 //! big-endian) of a JSON header, the header, then the frames exactly as they were in the `-wal`
@@ -19,7 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::wal::WalCursor;
 
 const MAGIC: &[u8; 4] = b"LBSQ";
+/// Segments of whole transactions.
 const VERSION: u8 = 1;
+/// A part of a transaction larger than a segment ([`SegmentHeader::part`]): a Lifeboat that
+/// does not know parts must refuse it rather than apply half a transaction.
+const VERSION_PART: u8 = 2;
 
 /// The header of a segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +56,11 @@ pub struct SegmentHeader {
     pub end: WalCursor,
     /// Transactions (commit frames) in the segment.
     pub commits: u64,
+    /// The segment holds no commit: it is a part of one transaction larger than a segment,
+    /// which the following segments complete. A restore applies the parts only together with
+    /// the segment holding their commit, and never a transaction whose parts end without one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub part: bool,
 }
 
 /// Object name of the segment starting at `position` of `generation`, captured at `captured`.
@@ -95,7 +110,8 @@ pub fn encode(header: &SegmentHeader, frames: &[u8]) -> Vec<u8> {
     let json = serde_json::to_vec(header).expect("segment header serialises");
     let mut out = Vec::with_capacity(12 + json.len() + frames.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[VERSION, 0, 0, 0]);
+    let version = if header.part { VERSION_PART } else { VERSION };
+    out.extend_from_slice(&[version, 0, 0, 0]);
     out.extend_from_slice(&(json.len() as u32).to_be_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(frames);
@@ -107,7 +123,7 @@ pub fn decode(bytes: &[u8]) -> Result<(SegmentHeader, &[u8]), String> {
     if bytes.len() < 12 || &bytes[..4] != MAGIC {
         return Err("not a Lifeboat SQLite segment".to_string());
     }
-    if bytes[4] != VERSION {
+    if bytes[4] != VERSION && bytes[4] != VERSION_PART {
         return Err(format!(
             "segment format version {} is not supported by this Lifeboat; upgrade Lifeboat",
             bytes[4]
@@ -119,6 +135,9 @@ pub fn decode(bytes: &[u8]) -> Result<(SegmentHeader, &[u8]), String> {
         .ok_or_else(|| "segment header is truncated".to_string())?;
     let header: SegmentHeader =
         serde_json::from_slice(json).map_err(|e| format!("segment header: {e}"))?;
+    if header.part != (bytes[4] == VERSION_PART) {
+        return Err("segment header and format version disagree about being a part".to_string());
+    }
     let frames = &bytes[12 + len..];
     if header.end_position - header.position != frames.len() as u64 {
         return Err(format!(
@@ -168,11 +187,29 @@ mod tests {
             start: cursor,
             end: cursor,
             commits: 1,
+            part: false,
         };
         let bytes = encode(&header, b"abc");
+        // Whole transactions keep the first format: older segments read as before.
+        assert_eq!(bytes[4], 1);
+        assert!(!String::from_utf8_lossy(&bytes).contains("part"));
         let (back, frames) = decode(&bytes).unwrap();
         assert_eq!(back, header);
         assert_eq!(frames, b"abc");
+        let part = SegmentHeader {
+            part: true,
+            commits: 0,
+            ..header.clone()
+        };
+        let bytes = encode(&part, b"abc");
+        assert_eq!(
+            bytes[4], 2,
+            "a part is refused by a Lifeboat that does not know parts"
+        );
+        assert_eq!(decode(&bytes).unwrap().0, part);
+        let mut mislabelled = bytes.clone();
+        mislabelled[4] = 1;
+        assert!(decode(&mislabelled).is_err());
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(
             decode(b"LBSQ\x09\0\0\0\0\0\0\0")

@@ -133,9 +133,9 @@ fn local_lag(
     let mut position = cursor;
     let mut bytes = 0u64;
     loop {
-        match wal::read_committed(&wal_path, position.as_ref(), 16 << 20).ok()? {
+        match wal::scan_committed(&wal_path, position.as_ref(), 16 << 20).ok()? {
             Some(read) if read.commits > 0 => {
-                bytes += read.frames.len() as u64;
+                bytes += read.bytes;
                 position = Some(read.end);
             }
             _ => break,

@@ -168,8 +168,11 @@ pub struct WalRead {
     pub start: WalCursor,
     /// Just after the last commit frame read.
     pub end: WalCursor,
-    /// The frames, verbatim (headers and pages), whole transactions only.
+    /// The frames, verbatim (headers and pages), whole transactions only (empty from
+    /// [`scan_committed`]).
     pub frames: Vec<u8>,
+    /// Bytes of those frames (`end` − `start`).
+    pub bytes: u64,
     /// Commit frames among them.
     pub commits: u64,
 }
@@ -181,6 +184,113 @@ pub fn read_committed(
     wal_path: &Path,
     cursor: Option<&WalCursor>,
     max_bytes: u64,
+) -> Result<Option<WalRead>> {
+    read_inner(wal_path, cursor, max_bytes, true)
+}
+
+/// As [`read_committed`], but only finds where the committed frames end (`frames` stays
+/// empty): memory stays small however large a transaction is.
+pub fn scan_committed(
+    wal_path: &Path,
+    cursor: Option<&WalCursor>,
+    max_bytes: u64,
+) -> Result<Option<WalRead>> {
+    read_inner(wal_path, cursor, max_bytes, false)
+}
+
+/// Frames read for one segment by [`read_piece`].
+#[derive(Debug, Clone)]
+pub struct WalPiece {
+    /// The WAL header.
+    pub header: WalHeader,
+    /// Where the frames start (the cursor given).
+    pub start: WalCursor,
+    /// Just after the last frame returned.
+    pub end: WalCursor,
+    /// The frames, verbatim.
+    pub frames: Vec<u8>,
+    /// Commit frames among them.
+    pub commits: u64,
+    /// The frames end inside a transaction (they hold no commit: one transaction larger than
+    /// `max_bytes`, continued by the next piece).
+    pub open: bool,
+}
+
+/// Reads the frames after `start` (in its cycle) up to offset `until`, which must follow a
+/// commit frame, for one segment of at most about `max_bytes`: whole transactions if at least
+/// one fits, else the first `max_bytes` of the transaction that does not (an open piece).
+/// Returns `None` when the file is missing, has no header, or is in another cycle.
+pub fn read_piece(
+    wal_path: &Path,
+    start: &WalCursor,
+    until: u64,
+    max_bytes: u64,
+) -> Result<Option<WalPiece>> {
+    let file = match File::open(wal_path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open WAL", wal_path, e)),
+    };
+    let mut header_bytes = [0u8; HEADER_SIZE as usize];
+    if !read_at(&file, &mut header_bytes, 0).map_err(|e| Error::io("read WAL", wal_path, e))? {
+        return Ok(None);
+    }
+    let Some(header) = WalHeader::parse(&header_bytes) else {
+        return Ok(None);
+    };
+    if header.salt != start.salt {
+        return Ok(None);
+    }
+    let frame_size = header.frame_size();
+    let mut frame = vec![0u8; frame_size as usize];
+    let mut frames = Vec::new();
+    let mut position = *start;
+    let mut committed = (0usize, *start);
+    let mut commits = 0;
+    while position.offset < until && (frames.len() as u64) < max_bytes.max(frame_size) {
+        let complete = read_at(&file, &mut frame, position.offset)
+            .map_err(|e| Error::io("read WAL", wal_path, e))?;
+        if !complete {
+            break;
+        }
+        let Some(frame_header) =
+            verify_frame(header.big_endian, header.salt, position.checksum, &frame)
+        else {
+            break;
+        };
+        frames.extend_from_slice(&frame);
+        position.offset += frame_size;
+        position.checksum = frame_header.checksum;
+        if frame_header.is_commit() {
+            commits += 1;
+            committed = (frames.len(), position);
+        }
+    }
+    // Open only when the size limit cut a transaction, not when the WAL ended early (the
+    // caller then finds the frames short of `until`).
+    let open = commits == 0 && position.offset < until && frames.len() as u64 >= max_bytes;
+    let end = if open {
+        position
+    } else {
+        // Whole transactions only: what follows the last commit goes into the next piece.
+        frames.truncate(committed.0);
+        committed.1
+    };
+    Ok(Some(WalPiece {
+        header,
+        start: *start,
+        end,
+        frames,
+        commits,
+        open,
+    }))
+}
+
+fn read_inner(
+    wal_path: &Path,
+    cursor: Option<&WalCursor>,
+    max_bytes: u64,
+    keep: bool,
 ) -> Result<Option<WalRead>> {
     let file = match File::open(wal_path) {
         Ok(file) => file,
@@ -212,6 +322,7 @@ pub fn read_committed(
     let mut position = start;
     let mut end = start;
     let mut commits = 0;
+    let mut bytes = 0u64;
     loop {
         let complete = read_at(&file, &mut frame, position.offset)
             .map_err(|e| Error::io("read WAL", wal_path, e))?;
@@ -223,14 +334,17 @@ pub fn read_committed(
         else {
             break;
         };
-        pending.extend_from_slice(&frame);
+        if keep {
+            pending.extend_from_slice(&frame);
+        }
         position.offset += frame_size;
         position.checksum = frame_header.checksum;
         if frame_header.is_commit() {
             frames.append(&mut pending);
             end = position;
+            bytes = end.offset - start.offset;
             commits += 1;
-            if frames.len() as u64 >= max_bytes {
+            if bytes >= max_bytes {
                 break;
             }
         }
@@ -241,6 +355,7 @@ pub fn read_committed(
         start,
         end,
         frames,
+        bytes,
         commits,
     }))
 }

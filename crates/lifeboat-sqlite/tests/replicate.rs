@@ -835,6 +835,14 @@ impl Second {
         }
     }
 
+    /// Where it is, as a user would name it.
+    fn location(&self) -> String {
+        match self {
+            Second::S3 { location, .. } => location.clone(),
+            Second::Local { path, .. } => path.to_str().unwrap().to_string(),
+        }
+    }
+
     fn repo(&self) -> IndexedRepository {
         Repository::open(self.storage(false), PASSWORD)
             .unwrap()
@@ -982,6 +990,273 @@ fn two_destinations_restore_exactly_and_one_going_away_does_not_stop_the_other()
         restored.len() > 60,
         "moments while the other was away restore"
     );
+}
+
+/// Regression test for "a destination down at start stops the command" (docs/sqlite.md).
+#[test]
+fn a_destination_down_at_start_is_retried_while_the_other_replicates() {
+    let setup = Setup::new();
+    let second = Second::new(&setup);
+    // Down before replication starts: the proxy closed (a closed port), or a plain file
+    // where the directory should be.
+    second.go_away();
+    let pending =
+        lifeboat_sqlite::open_destination(second.location(), &second.location(), PASSWORD.to_vec())
+            .unwrap();
+    let running = setup.replicate_to(
+        vec![Destination::new(setup.repo()), pending],
+        ReplicateOptions {
+            max_lag_bytes: Some(256 << 10),
+            ..options()
+        },
+    );
+    let status = running.status();
+    assert_eq!(status.destinations[0].state, DestinationState::Live);
+    assert_eq!(
+        status.destinations[1].state,
+        DestinationState::NotOpen,
+        "{status:?}"
+    );
+    assert!(status.destinations[1].last_error.is_some(), "{status:?}");
+    wait_ok(spawn_writer(&setup.db(), 120, 5, 1000));
+    wait_for_rows(|| setup.repo(), &setup, 120, "the first destination");
+    // The one that is down holds nothing: checkpoints go on and the log restarts.
+    let status = running.status();
+    assert!(status.checkpoints > 0, "{status:?}");
+    assert_eq!(status.destinations[1].state, DestinationState::NotOpen);
+    assert!(status.destinations[1].lag_seconds > 0.0, "{status:?}");
+    let away_rows = rows(&setup.db());
+
+    // It comes up: it opens, starts its first generation and catches up.
+    second.come_back();
+    wait_ok(spawn_writer(&setup.db(), 40, 5, 300));
+    let written = rows(&setup.db()).len();
+    wait_for_rows(|| second.repo(), &setup, written, "the late destination");
+    wait_for_rows(|| setup.repo(), &setup, written, "the first destination");
+    let status = running.stop();
+    assert_eq!(status.destinations[1].state, DestinationState::Live);
+    assert_eq!(status.destinations[1].generations_started, 1, "{status:?}");
+    assert_eq!(status.destinations[0].releases, 0, "{status:?}");
+
+    // Rows written while it was down restore exactly from the first; both restore the
+    // latest state exactly.
+    let source = rows(&setup.db());
+    let t_micros = away_rows.last().unwrap().1 + 1;
+    let t = jiff::Timestamp::from_microsecond(t_micros).unwrap();
+    let path = restore_from(&setup.repo(), &setup, "first-at.db", RestorePoint::Time(t)).unwrap();
+    let restored = rows(&path);
+    assert_eq!(restored[..], source[..restored.len()], "a prefix");
+    assert!(restored.iter().all(|r| r.1 <= t_micros), "no row after T");
+    assert!(restored.len() >= 60, "moments while the other was down");
+    for (name, repo) in [("first", setup.repo()), ("second", second.repo())] {
+        let path = restore_from(
+            &repo,
+            &setup,
+            &format!("{name}-latest.db"),
+            RestorePoint::Latest,
+        )
+        .unwrap();
+        assert_eq!(rows(&path), source, "latest from the {name} destination");
+    }
+    // The late one has nothing before its first snapshot.
+    let early = jiff::Timestamp::from_microsecond(source[10].1).unwrap();
+    assert!(
+        restore_from(
+            &second.repo(),
+            &setup,
+            "second-early.db",
+            RestorePoint::Time(early)
+        )
+        .is_err()
+    );
+}
+
+/// With every destination down at start the replicator keeps running and retrying, and holds
+/// no read transaction meanwhile (nobody to hold the WAL for), so anyone's checkpoint can
+/// reset the log; a wrong password is refused at once.
+#[test]
+fn every_destination_down_at_start_keeps_retrying_without_holding_the_wal() {
+    let setup = Setup::new();
+    // A wrong password is a mistake, not an outage.
+    let wrong = lifeboat_sqlite::open_destination(
+        "main",
+        setup.repo_path().to_str().unwrap(),
+        b"not the password".to_vec(),
+    );
+    let Err(error) = wrong else {
+        panic!("a wrong password opened the repository")
+    };
+    assert!(error.to_string().contains("wrong password"), "{error}");
+
+    // An unmounted mount point: the directory is there, empty.
+    let mount = setup.dir.path().join("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    let pending =
+        lifeboat_sqlite::open_destination("mnt", mount.to_str().unwrap(), PASSWORD.to_vec())
+            .unwrap();
+    let running = setup.replicate_to(vec![pending], options());
+    wait_ok(spawn_writer(&setup.db(), 50, 1, 1000));
+    let other = Connection::open(setup.db()).unwrap();
+    other.busy_timeout(Duration::from_millis(100)).unwrap();
+    let (busy, _, _): (i64, i64, i64) = other
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(
+        busy, 0,
+        "the WAL is held for a destination that never opened"
+    );
+    let status = running.status();
+    assert_eq!(status.destinations[0].state, DestinationState::NotOpen);
+    assert!(
+        status.destinations[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not a Lifeboat repository")),
+        "{status:?}"
+    );
+
+    // The disk is mounted (a repository appears): the replicator joins it and ships.
+    let options = InitOptions {
+        kdf: KdfParams::insecure_for_tests(),
+        pack_size: 1 << 20,
+        ..Default::default()
+    };
+    Repository::init(Storage::local(&mount).unwrap(), PASSWORD, &options).unwrap();
+    wait_ok(spawn_writer(&setup.db(), 20, 1, 100));
+    let mounted = || {
+        Repository::open(Storage::local(&mount).unwrap(), PASSWORD)
+            .unwrap()
+            .load_index()
+            .unwrap()
+    };
+    wait_for_rows(mounted, &setup, 70, "the mounted destination");
+    let status = running.stop();
+    assert_eq!(
+        status.destinations[0].state,
+        DestinationState::Live,
+        "{status:?}"
+    );
+    let path = restore_from(&mounted(), &setup, "mounted.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+}
+
+/// Regression test for "transactions larger than 16 MiB go whole into one segment".
+#[test]
+fn a_transaction_larger_than_a_segment_is_split_and_restores_only_whole() {
+    let setup = Setup::new();
+    let running = setup.replicate(ReplicateOptions {
+        // Only the base snapshot: the journal alone carries the large transaction.
+        snapshot_interval: Duration::from_secs(3600),
+        ..options()
+    });
+    let conn = Connection::open(setup.db()).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    for _ in 0..10 {
+        conn.execute(
+            "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+            [now_micros()],
+        )
+        .unwrap();
+    }
+    wait_for_rows(|| setup.repo(), &setup, 10, "the repository");
+    // One transaction of 40 MiB.
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40)
+         INSERT INTO rows (ts, payload) SELECT ?1, randomblob(1048576) FROM n",
+        [now_micros()],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(100))",
+        [now_micros()],
+    )
+    .unwrap();
+    wait_for_rows(|| setup.repo(), &setup, 51, "the repository");
+    running.stop();
+
+    // Segments stay at most a segment's size (plus a frame); the large transaction is in
+    // parts, each without a commit, sharing the capture time of their round.
+    let repo = setup.repo();
+    let base =
+        lifeboat_sqlite::catalog::database_snapshots(&repo, Some(&Selector::path(&setup.db())))
+            .unwrap()
+            .pop()
+            .unwrap();
+    let segments = lifeboat_sqlite::catalog::generation_segments(
+        &repo,
+        &base.state.stream,
+        &base.state.generation,
+    )
+    .unwrap();
+    let mut headers = Vec::new();
+    for listed in &segments {
+        let bytes = repo
+            .get_stream_object(&base.state.stream, &listed.name)
+            .unwrap();
+        let (header, frames) = lifeboat_sqlite::segment::decode(&bytes).unwrap();
+        assert!(
+            frames.len() as u64 <= (16 << 20) + 4096 + 24,
+            "{} holds {} bytes",
+            listed.name,
+            frames.len()
+        );
+        headers.push((listed.name.clone(), header, bytes));
+    }
+    let first_part = headers.iter().position(|(_, h, _)| h.part).expect("a part");
+    let closing = first_part
+        + headers[first_part..]
+            .iter()
+            .position(|(_, h, _)| !h.part)
+            .expect("the part's commit");
+    assert!(closing - first_part >= 2, "40 MiB in parts of 16 MiB");
+    let captured = headers[closing].1.captured;
+    assert!(
+        headers[first_part..closing]
+            .iter()
+            .all(|(_, h, _)| h.captured == captured && h.commits == 0)
+    );
+
+    // Restores at the transaction's boundary: just before its capture none of it, at its
+    // capture all of it; the latest is the source.
+    let source = rows(&setup.db());
+    let before = captured
+        .checked_sub(jiff::SignedDuration::from_micros(1))
+        .unwrap();
+    let path = restore_from(&repo, &setup, "before.db", RestorePoint::Time(before)).unwrap();
+    assert_eq!(rows(&path), source[..10]);
+    let path = restore_from(&repo, &setup, "at.db", RestorePoint::Time(captured)).unwrap();
+    assert!(rows(&path).len() >= 50);
+    assert_eq!(rows(&path)[..], source[..rows(&path).len()]);
+    let path = restore_from(&repo, &setup, "latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), source);
+
+    // A replicator killed between the parts: the segment with the commit (and all after it)
+    // never stored. The latest restore and a follower hold none of the transaction.
+    let kept: Vec<(String, Vec<u8>)> = headers[closing..]
+        .iter()
+        .map(|(name, _, bytes)| (name.clone(), bytes.clone()))
+        .collect();
+    for (name, _) in &kept {
+        repo.delete_stream_object(&base.state.stream, name).unwrap();
+    }
+    let repo = setup.repo();
+    let path = restore_from(&repo, &setup, "killed.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), source[..10]);
+    let replica = setup.dir.path().join("replica.db");
+    let mut follower =
+        lifeboat_sqlite::Follower::start(setup.repo(), Selector::path(&setup.db()), &replica)
+            .unwrap();
+    assert_eq!(follower.poll().unwrap(), 0, "parts wait for their commit");
+    assert_eq!(rows(&replica), source[..10]);
+    // The rest arrives: the follower applies the parts and their commit together.
+    for (name, bytes) in &kept {
+        repo.put_stream_object(&base.state.stream, name, bytes)
+            .unwrap();
+    }
+    assert!(follower.poll().unwrap() >= 3);
+    assert_eq!(rows(&replica), source);
 }
 
 /// `lifeboat forget --keep-within D` on SQLite snapshots, with the timelines the CLI passes:

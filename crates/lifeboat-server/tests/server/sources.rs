@@ -352,6 +352,164 @@ async fn a_sqlite_replicate_job_ships_rows_reports_lag_and_alerts_while_its_repo
     test.stop().await;
 }
 
+/// The value of a per-destination sample of job `job` for repository `repository`.
+fn destination_sample(metrics: &str, name: &str, job: &str, repository: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains(&format!("job=\"{job}\""))
+                && l.contains(&format!("repository_id=\"{repository}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One job, two repositories of its tenant (the second not there when the job starts): the
+/// first replicates at once, the second joins once it is there; each has its own lag in
+/// `/metrics`. Another tenant's repository cannot be named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_replicate_job_feeds_several_repositories_of_its_tenant() {
+    let (mut test, admin) = TestServer::start(test_config()).await;
+    let tenant = test.tenant(&admin, "acme").await;
+    let other_tenant = test.tenant(&admin, "other").await;
+    let main = test.repository(&admin, &tenant, "main").await;
+    let second = test.repository(&admin, &tenant, "second").await;
+    let foreign = test.repository(&admin, &other_tenant, "foreign").await;
+    let db = test.dir.path().join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+            .unwrap();
+    }
+    insert_rows(&db, 1, 10);
+
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(
+                json!({ "name": "sneaky", "kind": "sqlite-replicate", "repository_id": main,
+                         "options": { "database": db, "also_to_repository_ids": [foreign] } }),
+            ),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another tenant's repository: {body}"
+    );
+    let (status, body) = test
+        .call(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(
+                json!({ "name": "twice", "kind": "sqlite-replicate", "repository_id": main,
+                         "options": { "database": db, "also_to_repository_ids": [main] } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // The second repository is not there when the job starts (its disk not mounted).
+    let second_location = test.dir.path().join("repo-second");
+    let away = test.dir.path().join("repo-second.away");
+    std::fs::rename(&second_location, &away).unwrap();
+    std::fs::write(&second_location, b"not mounted").unwrap();
+    create_job(
+        &test,
+        &admin,
+        &tenant,
+        json!({ "name": "both", "kind": "sqlite-replicate", "repository_id": main,
+                "options": { "database": db, "interval_ms": 200, "also_to_repository_ids": [second] },
+                "max_retries": 0, "retry_base_secs": 1 }),
+    )
+    .await;
+    insert_rows(&db, 11, 30);
+    let main_location = test.dir.path().join("repo-main");
+    let restored = test.dir.path().join("restored-main.db");
+    eventually(
+        Duration::from_secs(60),
+        "rows in the first repository",
+        || async {
+            let (repo, db, out) = (main_location.clone(), db.clone(), restored.clone());
+            let rows = tokio::task::spawn_blocking(move || restored_rows(&repo, &db, &out))
+                .await
+                .unwrap();
+            (rows == Some(30)).then_some(())
+        },
+    )
+    .await;
+    let text = metrics(&test, &admin).await;
+    assert_eq!(
+        destination_sample(
+            &text,
+            "lifeboat_replication_destination_live",
+            "both",
+            &main
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        destination_sample(
+            &text,
+            "lifeboat_replication_destination_live",
+            "both",
+            &second
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lifeboat_replication_released", &tenant, "both"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Mounted: the second joins and receives everything; both are live with their own lag.
+    std::fs::remove_file(&second_location).unwrap();
+    std::fs::rename(&away, &second_location).unwrap();
+    insert_rows(&db, 31, 40);
+    let restored = test.dir.path().join("restored-second.db");
+    eventually(
+        Duration::from_secs(90),
+        "rows in the second repository",
+        || async {
+            let (repo, db, out) = (second_location.clone(), db.clone(), restored.clone());
+            let rows = tokio::task::spawn_blocking(move || restored_rows(&repo, &db, &out))
+                .await
+                .unwrap();
+            (rows == Some(40)).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "both live and caught up",
+        || async {
+            let text = metrics(&test, &admin).await;
+            let ok = [&main, &second].iter().all(|id| {
+                destination_sample(&text, "lifeboat_replication_destination_live", "both", id)
+                    == Some(1.0)
+                    && destination_sample(
+                        &text,
+                        "lifeboat_replication_destination_lag_bytes",
+                        "both",
+                        id,
+                    ) == Some(0.0)
+            });
+            ok.then_some(())
+        },
+    )
+    .await;
+    test.stop().await;
+}
+
 /// A replicator that cannot start (no such database) fails, is restarted with backoff, and
 /// raises the job-failed alert once; it starts when the database appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
