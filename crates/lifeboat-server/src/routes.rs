@@ -1573,7 +1573,7 @@ async fn jobs_get(
     let found = jobs::get_job(&app.pool, &tenant, &job)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let running = scheduler::is_running(&app, &found.id).await?;
+    let running = scheduler::is_running(&app, &found).await?;
     Ok(Json(json!(jobs::JobDetail {
         job: found,
         running

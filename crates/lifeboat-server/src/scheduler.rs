@@ -127,17 +127,29 @@ async fn renew_leases(pool: &Pool, owner: &str) -> Result<u64> {
     )
 }
 
-/// True if a run of the job is in progress here or, by the catalog, on another server.
-pub async fn is_running(app: &AppState, job_id: &str) -> Result<bool> {
-    if app.running.is_running(job_id) {
+/// True if a run of the job is in progress (or waits to retry) here or, by the catalog, on
+/// another server: a `running` run, or a live lease of a job that is not continuous (a
+/// replicator holds its lease while it waits to restart, too).
+pub async fn is_running(app: &AppState, job: &JobInfo) -> Result<bool> {
+    if app.running.is_running(&job.id) {
         return Ok(true);
     }
     let (running,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM runs WHERE job_id = $1 AND status = 'running'")
-            .bind(job_id)
+            .bind(&job.id)
             .fetch_one(&app.pool)
             .await?;
-    Ok(running > 0)
+    if running > 0 || job.kind.is_continuous() {
+        return Ok(running > 0);
+    }
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM jobs WHERE id = $1 AND lease_owner IS NOT NULL AND lease_until >= $2",
+    )
+    .bind(&job.id)
+    .bind(now_millis())
+    .fetch_one(&app.pool)
+    .await?;
+    Ok(leased > 0)
 }
 
 /// At start: marks runs left `running` by a stopped process as interrupted. An SQLite catalog

@@ -80,10 +80,10 @@ async fn second_server(first: &TestServer, config: &ServerConfig) -> TestServer 
     }
 }
 
-/// (started_at, finished_at) of every run of `job`, oldest first.
-async fn run_spans(test: &TestServer, job: &str) -> Vec<(i64, Option<i64>, String)> {
+/// (started_at, finished_at, status, attempt) of every run of `job`, oldest first.
+async fn run_spans(test: &TestServer, job: &str) -> Vec<(i64, Option<i64>, String, i64)> {
     sqlx::query(
-        "SELECT started_at, finished_at, status FROM runs WHERE job_id = $1 ORDER BY started_at",
+        "SELECT started_at, finished_at, status, attempt FROM runs WHERE job_id = $1 ORDER BY started_at",
     )
     .bind(job)
     .fetch_all(&test.server().app.pool)
@@ -95,6 +95,7 @@ async fn run_spans(test: &TestServer, job: &str) -> Vec<(i64, Option<i64>, Strin
             r.get::<i64, _>("started_at"),
             r.get::<Option<i64>, _>("finished_at"),
             r.get::<String, _>("status"),
+            r.get::<i64, _>("attempt"),
         )
     })
     .collect()
@@ -113,29 +114,24 @@ async fn two_servers_on_one_postgres_catalog_never_run_one_job_at_once_and_keep_
 
     let tenant = a.tenant(&admin_a, "acme").await;
     let repository = a.repository(&admin_a, &tenant, "main").await;
-    let source = a.dir.path().join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    // Enough data that a run takes a while, so that starts every second find it running.
-    let mut noise = vec![0u8; 1 << 20];
-    for i in 0..24u8 {
-        for (j, byte) in noise.iter_mut().enumerate() {
-            *byte = (j as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(u32::from(i)) as u8;
-        }
-        std::fs::write(source.join(format!("f{i}")), &noise).unwrap();
-    }
+    // A job that fails and is retried 2 s later: each start holds the job for about 2 s.
+    // Scheduled once a year until the end of the test, which starts it by hand first.
+    let missing = a.dir.path().join("missing");
     // Server b created nothing, yet sees what a created.
-    let job = b
-        .job(
+    let (status, body) = b
+        .call(
             &admin_b,
-            &tenant,
-            &repository,
-            "every-second",
-            "* * * * * *",
-            json!({ "paths": [source] }),
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/jobs"),
+            Some(
+                json!({ "name": "every-second", "kind": "backup", "repository_id": repository,
+                         "schedule": "0 0 1 1 *", "options": { "paths": [missing] },
+                         "max_retries": 1, "retry_base_secs": 2 }),
+            ),
         )
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = body["id"].as_str().unwrap().to_owned();
 
     // Another server holds the job's lease: neither of these starts it, by schedule or by hand.
     let pool = a.server().app.pool.clone();
@@ -164,11 +160,49 @@ async fn two_servers_on_one_postgres_catalog_never_run_one_job_at_once_and_keep_
         .await
         .unwrap();
 
-    // Both schedulers now compete for a start every second.
-    let spans = eventually(Duration::from_secs(120), "four finished runs", || async {
-        let spans = run_spans(&a, &job).await;
-        (spans.iter().filter(|s| s.1.is_some()).count() >= 4).then_some(spans)
+    // Started by hand on a: while it runs (and waits to retry), b cannot start it.
+    let run_path = format!("/api/v1/tenants/{tenant}/jobs/{job}/run");
+    let (status, body) = a.call(&admin_a, Method::POST, &run_path, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = b.call(&admin_b, Method::POST, &run_path, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a runs it: {body}");
+    let (_, detail) = b
+        .call(
+            &admin_b,
+            Method::GET,
+            &format!("/api/v1/tenants/{tenant}/jobs/{job}"),
+            None,
+        )
+        .await;
+    assert_eq!(detail["running"], true, "b sees a's run: {detail}");
+    // Once a's start has ended (its lease released), b can.
+    eventually(Duration::from_secs(60), "b to start the job", || async {
+        let (status, _) = b.call(&admin_b, Method::POST, &run_path, None).await;
+        (status == StatusCode::ACCEPTED).then_some(())
     })
+    .await;
+    let by_hand = run_spans(&a, &job).await;
+    assert_eq!(
+        by_hand.iter().map(|s| s.3).collect::<Vec<_>>(),
+        [1, 2, 1],
+        "a's attempt and retry, then b's first attempt: {by_hand:?}"
+    );
+
+    // Both schedulers now compete for a start every second.
+    sqlx::query("UPDATE jobs SET schedule = '* * * * * *', next_run_at = $2 WHERE id = $1")
+        .bind(&job)
+        .bind(lifeboat_server::catalog::now_millis())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let spans = eventually(
+        Duration::from_secs(120),
+        "two more starts with their retries",
+        || async {
+            let spans = run_spans(&a, &job).await;
+            (spans.iter().filter(|s| s.1.is_some()).count() >= 8).then_some(spans)
+        },
+    )
     .await;
     assert!(!spans.is_empty());
     sqlx::query("UPDATE jobs SET enabled = 0 WHERE id = $1")
@@ -181,6 +215,9 @@ async fn two_servers_on_one_postgres_catalog_never_run_one_job_at_once_and_keep_
         spans.iter().all(|s| s.1.is_some()).then_some(spans)
     })
     .await;
+    // Each start's attempts (1, then its retry 2) end before the next start's begin.
+    let attempts: Vec<i64> = spans.iter().map(|s| s.3).collect();
+    assert!(spans.len() >= 4, "{spans:?}");
     for pair in spans.windows(2) {
         assert!(
             pair[0].1.unwrap() <= pair[1].0,
@@ -189,7 +226,16 @@ async fn two_servers_on_one_postgres_catalog_never_run_one_job_at_once_and_keep_
             pair[1]
         );
     }
-    assert!(spans.iter().all(|s| s.2 == "succeeded"), "{spans:?}");
+    for chunk in attempts.chunks(2) {
+        assert_eq!(chunk[0], 1, "a start's first attempt: {attempts:?}");
+        if chunk.len() == 2 {
+            assert_eq!(
+                chunk[1], 2,
+                "then its retry, before another start: {attempts:?}"
+            );
+        }
+    }
+    assert!(spans.iter().all(|s| s.2 == "failed"), "{spans:?}");
 
     // Concurrent appends from both servers: one chain, no append lost or refused.
     let before = lifeboat_server::audit::records(&pool, None)
