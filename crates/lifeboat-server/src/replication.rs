@@ -116,8 +116,7 @@ pub async fn reconcile(app: &Arc<AppState>) -> Result<()> {
                 continue;
             }
         }
-        let mut tasks = app.replication.tasks.lock();
-        if !tasks.contains_key(&id) {
+        app.replication.tasks.lock().entry(id).or_insert_with(|| {
             let stop = Arc::new(AtomicBool::new(false));
             let wake = Arc::new(Notify::new());
             let task = tokio::spawn(supervise(
@@ -126,8 +125,8 @@ pub async fn reconcile(app: &Arc<AppState>) -> Result<()> {
                 Arc::clone(&stop),
                 Arc::clone(&wake),
             ));
-            tasks.insert(id, Supervised { stop, wake, task });
-        }
+            Supervised { stop, wake, task }
+        });
     }
     for (id, supervised) in gone {
         let app = Arc::clone(app);

@@ -196,10 +196,10 @@ pub async fn run(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!("scheduler: {e}");
         }
         ticks += 1;
-        if ticks.is_multiple_of(RENEW_EVERY) {
-            if let Err(e) = renew_leases(&app.pool, &app.instance).await {
-                tracing::warn!("renewing job leases: {e}");
-            }
+        if ticks.is_multiple_of(RENEW_EVERY)
+            && let Err(e) = renew_leases(&app.pool, &app.instance).await
+        {
+            tracing::warn!("renewing job leases: {e}");
         }
         if ticks.is_multiple_of(STALE_CHECK_EVERY) {
             match sweep(&app.pool).await {

@@ -249,13 +249,13 @@ impl PgCatalog {
 
     /// The catalog settings: the URL names no password, the file holds it.
     pub fn catalog_config(&self) -> CatalogConfig {
-        let mut catalog = CatalogConfig::default();
-        catalog.url = Some(format!(
-            "postgres://postgres@127.0.0.1:{}/lifeboat",
-            self.cluster.port
-        ));
-        catalog.password_file = Some(self.password_file.clone());
-        catalog
+        CatalogConfig {
+            url: Some(format!(
+                "postgres://postgres@127.0.0.1:{}/lifeboat",
+                self.cluster.port
+            )),
+            password_file: Some(self.password_file.clone()),
+        }
     }
 
     /// The test configuration with this catalog.
