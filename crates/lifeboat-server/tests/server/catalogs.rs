@@ -135,6 +135,10 @@ async fn two_servers_on_one_postgres_catalog_never_run_one_job_at_once_and_keep_
 
     // Another server holds the job's lease: neither of these starts it, by schedule or by hand.
     let pool = a.server().app.pool.clone();
+    assert_eq!(
+        lifeboat_server::catalog::backend(&pool),
+        lifeboat_server::catalog::Backend::Postgres
+    );
     assert!(
         lifeboat_server::scheduler::acquire_lease(&pool, &job, "a third server")
             .await
@@ -330,6 +334,10 @@ async fn an_sqlite_catalog_of_an_earlier_version_opens_and_is_migrated() {
     let pool = lifeboat_server::catalog::open(&Default::default(), &state)
         .await
         .unwrap();
+    assert_eq!(
+        lifeboat_server::catalog::backend(&pool),
+        lifeboat_server::catalog::Backend::Sqlite
+    );
     let versions: Vec<i64> =
         sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version")
             .fetch_all(&pool)
