@@ -338,6 +338,22 @@ async fn an_sqlite_catalog_of_an_earlier_version_opens_and_is_migrated() {
         lifeboat_server::catalog::backend(&pool),
         lifeboat_server::catalog::Backend::Sqlite
     );
+    // The pragmas the Any driver's URL cannot carry are set on every connection.
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let (synchronous,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 2, "FULL");
+    let (foreign_keys,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(foreign_keys, 1);
     let versions: Vec<i64> =
         sqlx::query("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version")
             .fetch_all(&pool)
