@@ -18,14 +18,26 @@ pub struct ServerDirArgs {
     /// The server's configuration file (TOML; see docs/server.md). Without it, embedded defaults.
     #[arg(long, env = "LIFEBOAT_SERVER_CONFIG")]
     server_config: Option<PathBuf>,
+    /// The catalog's PostgreSQL URL (`postgres://user@host:port/db`), overriding the
+    /// configuration's `[catalog] url`. Give the password in `LIFEBOAT_CATALOG_PASSWORD` or the
+    /// configuration's `password_file` rather than in the URL. Default: SQLite in the state
+    /// directory.
+    #[arg(long, env = "LIFEBOAT_CATALOG_URL")]
+    catalog_url: Option<String>,
 }
 
 impl ServerDirArgs {
     fn resolve(&self) -> Result<(ServerConfig, PathBuf)> {
-        let config = match &self.server_config {
+        let mut config = match &self.server_config {
             Some(path) => ServerConfig::load(path)?,
             None => ServerConfig::default(),
         };
+        if let Some(url) = &self.catalog_url {
+            config.catalog.url = Some(url.clone());
+            config
+                .validate()
+                .map_err(|message| anyhow::anyhow!("--catalog-url: {message}"))?;
+        }
         let state_dir = match (&self.state_dir, &config.state_dir) {
             (Some(dir), _) | (None, Some(dir)) => dir.clone(),
             (None, None) => default_state_dir()?,
@@ -81,8 +93,9 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     lifeboat_server::offline::serve(config, &state_dir, |server| {
         let url = format!("https://{}", server.https_addr);
         eprintln!(
-            "lifeboat serve: listening on {url} (state in {})",
-            state_dir.display()
+            "lifeboat serve: listening on {url} (state in {}, catalog {})",
+            state_dir.display(),
+            server.catalog
         );
         if let Some(http) = server.http_addr {
             eprintln!("plain HTTP on http://{http} redirects to HTTPS");
@@ -101,8 +114,8 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
 pub fn audit(command: &AuditCommand, json: bool, tenant: Option<&str>) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify(dirs) => {
-            let (_, state_dir) = dirs.resolve()?;
-            let verification = lifeboat_server::offline::verify_audit(&state_dir)?;
+            let (config, state_dir) = dirs.resolve()?;
+            let verification = lifeboat_server::offline::verify_audit(&config, &state_dir)?;
             if json {
                 let problems: Vec<_> = verification
                     .problems
@@ -132,8 +145,13 @@ pub fn audit(command: &AuditCommand, json: bool, tenant: Option<&str>) -> Result
             }
         }
         AuditCommand::Export { dirs } => {
-            let (_, state_dir) = dirs.resolve()?;
-            lifeboat_server::offline::export_audit(&state_dir, tenant, std::io::stdout().lock())?;
+            let (config, state_dir) = dirs.resolve()?;
+            lifeboat_server::offline::export_audit(
+                &config,
+                &state_dir,
+                tenant,
+                std::io::stdout().lock(),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -142,8 +160,8 @@ pub fn audit(command: &AuditCommand, json: bool, tenant: Option<&str>) -> Result
 pub fn admin(command: &AdminCommand) -> Result<ExitCode> {
     match command {
         AdminCommand::RevokeAll(dirs) => {
-            let (_, state_dir) = dirs.resolve()?;
-            let (sessions, tokens) = lifeboat_server::offline::revoke_all(&state_dir)?;
+            let (config, state_dir) = dirs.resolve()?;
+            let (sessions, tokens) = lifeboat_server::offline::revoke_all(&config, &state_dir)?;
             println!("ended {sessions} session(s), revoked {tokens} token(s)");
         }
         AdminCommand::ResetPassword { dirs, username } => {

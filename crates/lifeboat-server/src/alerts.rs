@@ -191,7 +191,8 @@ impl Alerter {
             return Ok(());
         }
         if existing.is_none() {
-            sqlx::query("INSERT INTO alerts (alert_key, tenant_id, message, firing_since) VALUES ($1, $2, $3, $4)")
+            // Another server sharing the catalog may raise the same alert at the same moment.
+            sqlx::query("INSERT INTO alerts (alert_key, tenant_id, message, firing_since) VALUES ($1, $2, $3, $4) ON CONFLICT (alert_key) DO NOTHING")
                 .bind(key)
                 .bind(tenant_id)
                 .bind(message)

@@ -164,7 +164,7 @@ impl std::fmt::Debug for AuditLog {
 const COLUMNS: &str =
     "seq, at, actor, action, outcome, tenant_id, source, target, detail, prev_mac, mac";
 
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> std::result::Result<Record, sqlx::Error> {
+fn record_from_row(row: &crate::catalog::Row) -> std::result::Result<Record, sqlx::Error> {
     Ok(Record {
         seq: row.try_get("seq")?,
         at: row.try_get("at")?,
@@ -191,13 +191,13 @@ impl AuditLog {
     }
 
     /// Appends `event`; returns its sequence number. Appends are serialised in this process
-    /// (one server writes its catalog), and each runs in one transaction.
+    /// and, through the catalog's lock, with every other process writing the same catalog (the
+    /// CLI, or other servers sharing a PostgreSQL catalog); each runs in one transaction.
     pub async fn append(&self, pool: &Pool, event: Event) -> Result<i64> {
         let _guard = self.append_lock.lock().await;
-        // IMMEDIATE: take the write lock before reading the newest row. A deferred transaction
-        // that reads and then writes fails at once (SQLITE_BUSY) if another connection wrote in
-        // between; this way it waits its turn, and another process (the CLI) cannot interleave.
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Take the lock before reading the newest row, so no other append comes in between.
+        let mut tx = crate::catalog::begin_write(pool).await?;
+        crate::catalog::lock_audit(&mut tx).await?;
         let last: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)

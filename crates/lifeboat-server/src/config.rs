@@ -28,6 +28,30 @@ pub struct ServerConfig {
     pub alerts: AlertConfig,
     /// What tenants' operators may point repositories and backup jobs at.
     pub jobs: JobsConfig,
+    /// Where the catalog lives: SQLite in the state directory, or a PostgreSQL database.
+    pub catalog: CatalogConfig,
+}
+
+/// The catalog's database. Without `url`, the SQLite file `catalog.db` in the state directory.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// `postgres://user@host:port/database` (options such as `?sslmode=require` pass through).
+    /// A password may be given inline, but `password_file` or `LIFEBOAT_CATALOG_PASSWORD`
+    /// keep it out of the configuration file.
+    pub url: Option<String>,
+    /// A file holding the PostgreSQL password (one line; surrounding whitespace is ignored).
+    pub password_file: Option<PathBuf>,
+}
+
+// Hand-written so that a password inline in the URL never reaches a log line.
+impl std::fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("url", &self.url.as_deref().map(crate::catalog::redact))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 /// Limits on what operators (not admins) may configure, so that a tenant cannot use the
@@ -235,6 +259,15 @@ impl ServerConfig {
                     .into(),
             );
         }
+        if let Some(url) = &self.catalog.url {
+            let scheme = url.split(':').next().unwrap_or("");
+            if !matches!(scheme, "postgres" | "postgresql") {
+                return Err(format!(
+                    "catalog.url must be a postgres:// URL (without it the catalog is SQLite in the state directory), not {}",
+                    crate::catalog::redact(url)
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -251,5 +284,21 @@ mod tests {
         assert!(toml::from_str::<ServerConfig>("[listen]\nhttps_port = 1").is_err());
         let weak: ServerConfig = toml::from_str("[passwords]\nargon2_iterations = 1").unwrap();
         assert!(weak.validate().is_err());
+        let mysql: ServerConfig = toml::from_str("[catalog]\nurl = \"mysql://a@b/c\"").unwrap();
+        assert!(mysql.validate().is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_catalog_url_is_not_printed() {
+        let config: ServerConfig =
+            toml::from_str("[catalog]\nurl = \"postgres://lb:hunter2secret@db:5432/lifeboat\"")
+                .unwrap();
+        assert!(config.validate().is_ok());
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2secret"), "{printed}");
+        assert!(
+            printed.contains("postgres://lb:***@db:5432/lifeboat"),
+            "{printed}"
+        );
     }
 }

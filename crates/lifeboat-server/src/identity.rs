@@ -73,7 +73,7 @@ pub struct User {
 
 const USER_COLUMNS: &str = "id, username, password_hash, role, tenant_id, must_change_password, totp_secret, totp_last_step, disabled";
 
-fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User> {
+fn user_from_row(row: &crate::catalog::Row) -> Result<User> {
     let role: String = row.try_get("role")?;
     Ok(User {
         id: row.try_get("id")?,
@@ -207,15 +207,19 @@ pub async fn create_first_admin(pool: &Pool, hasher: &PasswordHasher) -> Result<
     }
     let password = one_time_password();
     let hash = hash_blocking(hasher, &password).await?;
-    sqlx::query(
-        "INSERT INTO users (id, username, password_hash, role, tenant_id, must_change_password, created_at) VALUES ($1, 'admin', $2, 'admin', NULL, 1, $3)",
+    // Two servers starting on one new PostgreSQL catalog both see no user: the first insert
+    // wins and the other server has no setup password to show.
+    let created = sqlx::query(
+        "INSERT INTO users (id, username, password_hash, role, tenant_id, must_change_password, created_at) VALUES ($1, 'admin', $2, 'admin', NULL, 1, $3) \
+         ON CONFLICT (username) DO NOTHING",
     )
     .bind(new_id())
     .bind(&hash)
     .bind(now_millis())
     .execute(pool)
-    .await?;
-    Ok(Some(password))
+    .await?
+    .rows_affected();
+    Ok((created == 1).then_some(password))
 }
 
 /// Sets a new one-time password for `username`, forces a change at next login, ends its

@@ -514,7 +514,7 @@ pub async fn create_repository(
     })
 }
 
-fn repository_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RepositoryInfo> {
+fn repository_from_row(row: &crate::catalog::Row) -> Result<RepositoryInfo> {
     Ok(RepositoryInfo {
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
@@ -713,7 +713,7 @@ fn default_retry_base() -> i64 {
 
 const JOB_COLUMNS: &str = "id, tenant_id, repository_id, name, kind, schedule, options, enabled, max_retries, retry_base_secs, next_run_at, stale_after_secs, lag_alert_secs, created_at";
 
-fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobInfo> {
+fn job_from_row(row: &crate::catalog::Row) -> Result<JobInfo> {
     let kind: String = row.try_get("kind")?;
     let options: String = row.try_get("options")?;
     Ok(JobInfo {
@@ -912,7 +912,7 @@ pub struct RunInfo {
 const RUN_COLUMNS: &str =
     "id, job_id, tenant_id, attempt, trigger, status, started_at, finished_at, bytes, log";
 
-fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<RunInfo> {
+fn run_from_row(row: &crate::catalog::Row) -> Result<RunInfo> {
     Ok(RunInfo {
         id: row.try_get("id")?,
         job_id: row.try_get("job_id")?,

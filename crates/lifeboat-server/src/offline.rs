@@ -1,6 +1,8 @@
 //! Entry points for the command line: each builds its own tokio runtime, so the `lifeboat`
 //! binary needs no async code. `serve` runs until SIGINT or SIGTERM; the others work on the
-//! state directory of a stopped (or running: SQLite serialises writers) server.
+//! state directory of a stopped or running server (its catalog serialises writers: SQLite has
+//! one, and audit appends lock the log on PostgreSQL too). They open the catalog the
+//! configuration names, so with `[catalog] url` they work on the PostgreSQL catalog.
 
 use std::io::Write;
 use std::path::Path;
@@ -42,22 +44,25 @@ pub fn serve(
     })
 }
 
-async fn open_existing(state_dir: &Path) -> Result<(StateDir, catalog::Pool)> {
+async fn open_existing(
+    config: &ServerConfig,
+    state_dir: &Path,
+) -> Result<(StateDir, catalog::Pool)> {
     let state = StateDir::open(state_dir)?;
-    if !state.catalog_path().exists() {
+    if config.catalog.url.is_none() && !state.catalog_path().exists() {
         return Err(Error::NotFound(format!(
             "catalog {} (is --state-dir the server's state directory?)",
             state.catalog_path().display()
         )));
     }
-    let pool = catalog::open(&state).await?;
+    let pool = catalog::open(&config.catalog, &state).await?;
     Ok((state, pool))
 }
 
 /// Verifies the audit chain.
-pub fn verify_audit(state_dir: &Path) -> Result<Verification> {
+pub fn verify_audit(config: &ServerConfig, state_dir: &Path) -> Result<Verification> {
     runtime()?.block_on(async {
-        let (state, pool) = open_existing(state_dir).await?;
+        let (state, pool) = open_existing(config, state_dir).await?;
         let verification = audit::verify(&pool, &state).await;
         pool.close().await;
         verification
@@ -65,9 +70,14 @@ pub fn verify_audit(state_dir: &Path) -> Result<Verification> {
 }
 
 /// Writes the audit log (of one tenant, or all) as JSON lines.
-pub fn export_audit(state_dir: &Path, tenant_id: Option<&str>, out: impl Write) -> Result<usize> {
+pub fn export_audit(
+    config: &ServerConfig,
+    state_dir: &Path,
+    tenant_id: Option<&str>,
+    out: impl Write,
+) -> Result<usize> {
     runtime()?.block_on(async {
-        let (_, pool) = open_existing(state_dir).await?;
+        let (_, pool) = open_existing(config, state_dir).await?;
         let records = audit::records(&pool, tenant_id).await?;
         pool.close().await;
         audit::write_json_lines(&records, out)
@@ -77,9 +87,9 @@ pub fn export_audit(state_dir: &Path, tenant_id: Option<&str>, out: impl Write) 
 }
 
 /// Ends every session and revokes every API token; recorded in the audit log.
-pub fn revoke_all(state_dir: &Path) -> Result<(u64, u64)> {
+pub fn revoke_all(config: &ServerConfig, state_dir: &Path) -> Result<(u64, u64)> {
     runtime()?.block_on(async {
-        let (state, pool) = open_existing(state_dir).await?;
+        let (state, pool) = open_existing(config, state_dir).await?;
         let counts = identity::revoke_all(&pool).await?;
         audit::AuditLog::open(&state)?
             .append(
@@ -96,7 +106,7 @@ pub fn revoke_all(state_dir: &Path) -> Result<(u64, u64)> {
 /// Forces a password reset: a new one-time password (returned), sessions ended, tokens revoked.
 pub fn reset_password(state_dir: &Path, config: &ServerConfig, username: &str) -> Result<String> {
     runtime()?.block_on(async {
-        let (state, pool) = open_existing(state_dir).await?;
+        let (state, pool) = open_existing(config, state_dir).await?;
         let hasher = tokio::task::block_in_place(|| PasswordHasher::new(&config.passwords))?;
         let password = identity::force_reset(&pool, &hasher, username).await?;
         audit::AuditLog::open(&state)?

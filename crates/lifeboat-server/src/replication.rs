@@ -35,7 +35,7 @@ use crate::catalog::{new_id, now_millis};
 use crate::error::Result;
 use crate::jobs::{self, JobInfo, SqliteReplicateOptions};
 use crate::metrics::{DestinationReport, ReplicationReport};
-use crate::scheduler::LOG_EXCERPT;
+use crate::scheduler::{self, LOG_EXCERPT};
 use crate::server::AppState;
 
 /// A session whose reader fails this long without a good round ends, and is restarted.
@@ -86,6 +86,7 @@ pub async fn reconcile(app: &Arc<AppState>) -> Result<()> {
         .map(|j| (j.id.clone(), j))
         .collect();
     let mut gone = Vec::new();
+    let mut to_lease = Vec::new();
     {
         let mut tasks = app.replication.tasks.lock();
         let stale: Vec<String> = tasks
@@ -103,6 +104,20 @@ pub async fn reconcile(app: &Arc<AppState>) -> Result<()> {
             if tasks.contains_key(&id) {
                 continue;
             }
+            // Another server sharing the catalog may replicate this job already.
+            to_lease.push((id, job));
+        }
+    }
+    for (id, job) in to_lease {
+        match scheduler::acquire_lease(&app.pool, &id, &app.instance).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(job = %id, "cannot take the job's lease: {e}");
+                continue;
+            }
+        }
+        app.replication.tasks.lock().entry(id).or_insert_with(|| {
             let stop = Arc::new(AtomicBool::new(false));
             let wake = Arc::new(Notify::new());
             let task = tokio::spawn(supervise(
@@ -111,13 +126,16 @@ pub async fn reconcile(app: &Arc<AppState>) -> Result<()> {
                 Arc::clone(&stop),
                 Arc::clone(&wake),
             ));
-            tasks.insert(id, Supervised { stop, wake, task });
-        }
+            Supervised { stop, wake, task }
+        });
     }
     for (id, supervised) in gone {
         let app = Arc::clone(app);
         tokio::spawn(async move {
             let _ = supervised.task.await;
+            if let Err(e) = scheduler::release_lease(&app.pool, &id, &app.instance).await {
+                tracing::warn!(job = %id, "cannot release the job's lease (it lapses): {e}");
+            }
             app.metrics.remove_replication(&id);
             // The job is gone or disabled: nothing is lagging any more.
             let _ = app
@@ -135,18 +153,16 @@ pub async fn reconcile(app: &Arc<AppState>) -> Result<()> {
 
 /// Stops every replicator and waits until each has stored what it could and recorded its run.
 pub async fn stop_all(app: &AppState) {
-    let all: Vec<Supervised> = app
-        .replication
-        .tasks
-        .lock()
-        .drain()
-        .map(|(_, s)| s)
-        .collect();
-    for supervised in &all {
+    let all: Vec<(String, Supervised)> = app.replication.tasks.lock().drain().collect();
+    for (_, supervised) in &all {
         supervised.signal();
     }
-    for supervised in all {
+    for (id, supervised) in all {
         let _ = supervised.task.await;
+        // Another server sharing the catalog may take the job over at once.
+        if let Err(e) = scheduler::release_lease(&app.pool, &id, &app.instance).await {
+            tracing::warn!(job = %id, "cannot release the job's lease (it lapses): {e}");
+        }
     }
 }
 

@@ -1573,7 +1573,7 @@ async fn jobs_get(
     let found = jobs::get_job(&app.pool, &tenant, &job)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let running = app.running.is_running(&found.id);
+    let running = scheduler::is_running(&app, &found).await?;
     Ok(Json(json!(jobs::JobDetail {
         job: found,
         running
@@ -1622,7 +1622,7 @@ pub(crate) async fn start_job_audited(
     let found = jobs::get_job(&app.pool, tenant, job)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let started = scheduler::start(app, found, "manual");
+    let started = scheduler::start(app, found, "manual").await?;
     app.audit
         .append(
             &app.pool,

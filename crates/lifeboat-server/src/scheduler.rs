@@ -5,9 +5,13 @@
 //!   server resumes where it stopped: a start missed while it was down happens once, right
 //!   away (trigger `catch-up`), then the schedule goes on. Runs left `running` by a crash are
 //!   marked `interrupted` at start.
-//! * A job is claimed by moving its `next_run_at` forward with a compare-and-set, and runs only
-//!   if it is not already running in this process: runs of one job never overlap. Retries happen
-//!   inside the same slot.
+//! * A start is claimed by moving the job's `next_run_at` forward with a compare-and-set, so
+//!   one server takes each scheduled start even when several share a catalog. A run then
+//!   needs the job's lease (`jobs.lease_owner`, `lease_until`), taken with a compare-and-set
+//!   and renewed while the run lasts: runs of one job never overlap, in this process or across
+//!   servers. A lease left by a crashed server lapses after [`LEASE_MILLIS`]. Retries happen
+//!   inside the same slot, under the same lease. Continuous jobs' replicators hold the lease
+//!   of their job the same way (see `replication`).
 //! * Schedules are cron expressions in the server's time zone: five fields, or six with
 //!   seconds first (`croner`).
 
@@ -20,7 +24,7 @@ use croner::parser::{CronParser, Seconds};
 use parking_lot::Mutex;
 
 use crate::audit::Event;
-use crate::catalog::{Pool, new_id, now_millis};
+use crate::catalog::{self, Backend, Pool, new_id, now_millis};
 use crate::error::{Error, Result};
 use crate::jobs::{self, JobInfo};
 use crate::replication;
@@ -72,13 +76,108 @@ impl Running {
     }
 }
 
-/// Marks runs left `running` by a previous process as interrupted.
+/// How long a job's lease holds without renewal, in ms. Servers renew theirs every
+/// [`RENEW_EVERY`] seconds, so only a server that stopped (or lost the catalog for this long)
+/// loses one.
+pub const LEASE_MILLIS: i64 = 60_000;
+
+/// How often (scheduler ticks, about seconds) a server renews the leases it holds.
+const RENEW_EVERY: u64 = 10;
+
+/// Takes the lease of `job_id` for `owner` unless another holds one that has not lapsed.
+/// Atomic on both backends: SQLite has one writer, and on PostgreSQL a concurrent update of
+/// the same row waits for the first and re-checks the condition against its result.
+pub async fn acquire_lease(pool: &Pool, job_id: &str, owner: &str) -> Result<bool> {
+    let now = now_millis();
+    Ok(sqlx::query(
+        "UPDATE jobs SET lease_owner = $1, lease_until = $2 \
+         WHERE id = $3 AND (lease_owner IS NULL OR lease_owner = $1 OR lease_until < $4)",
+    )
+    .bind(owner)
+    .bind(now + LEASE_MILLIS)
+    .bind(job_id)
+    .bind(now)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Gives up the lease of `job_id` if `owner` holds it.
+pub async fn release_lease(pool: &Pool, job_id: &str, owner: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Extends every lease `owner` holds.
+async fn renew_leases(pool: &Pool, owner: &str) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE jobs SET lease_until = $1 WHERE lease_owner = $2")
+            .bind(now_millis() + LEASE_MILLIS)
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// True if a run of the job is in progress (or waits to retry) here or, by the catalog, on
+/// another server: a `running` run, or a live lease of a job that is not continuous (a
+/// replicator holds its lease while it waits to restart, too).
+pub async fn is_running(app: &AppState, job: &JobInfo) -> Result<bool> {
+    if app.running.is_running(&job.id) {
+        return Ok(true);
+    }
+    let (running,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM runs WHERE job_id = $1 AND status = 'running'")
+            .bind(&job.id)
+            .fetch_one(&app.pool)
+            .await?;
+    if running > 0 || job.kind.is_continuous() {
+        return Ok(running > 0);
+    }
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM jobs WHERE id = $1 AND lease_owner IS NOT NULL AND lease_until >= $2",
+    )
+    .bind(&job.id)
+    .bind(now_millis())
+    .fetch_one(&app.pool)
+    .await?;
+    Ok(leased > 0)
+}
+
+/// At start: marks runs left `running` by a stopped process as interrupted. An SQLite catalog
+/// has one server, so whatever it was running stopped with it, leases included; a PostgreSQL
+/// catalog may be shared, so only runs whose job's lease lapsed are taken for stopped (the
+/// scheduler repeats this [`sweep`] for servers that stop later).
 pub async fn recover(pool: &Pool) -> Result<u64> {
-    Ok(sqlx::query("UPDATE runs SET status = 'interrupted', finished_at = $1, log = log || 'the server stopped during this run' WHERE status = 'running'")
-        .bind(now_millis())
+    if catalog::backend(pool) == Backend::Sqlite {
+        sqlx::query(
+            "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL",
+        )
         .execute(pool)
-        .await?
-        .rows_affected())
+        .await?;
+    }
+    sweep(pool).await
+}
+
+/// Marks `running` runs whose job has no live lease as interrupted: their server stopped.
+pub async fn sweep(pool: &Pool) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE runs SET status = 'interrupted', finished_at = $1, log = log || 'the server stopped during this run' \
+         WHERE status = 'running' AND NOT EXISTS \
+           (SELECT 1 FROM jobs j WHERE j.id = runs.job_id AND j.lease_owner IS NOT NULL AND j.lease_until >= $1)",
+    )
+    .bind(now_millis())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// The scheduler loop: checks every second for jobs that are due and keeps the continuous
@@ -97,7 +196,17 @@ pub async fn run(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!("scheduler: {e}");
         }
         ticks += 1;
+        if ticks.is_multiple_of(RENEW_EVERY)
+            && let Err(e) = renew_leases(&app.pool, &app.instance).await
+        {
+            tracing::warn!("renewing job leases: {e}");
+        }
         if ticks.is_multiple_of(STALE_CHECK_EVERY) {
+            match sweep(&app.pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!("{n} run(s) of a stopped server were marked interrupted"),
+                Err(e) => tracing::warn!("interrupted-run sweep: {e}"),
+            }
             if let Err(e) = check_staleness(&app).await {
                 tracing::warn!("stale-backup check: {e}");
             }
@@ -228,18 +337,30 @@ async fn tick(app: &Arc<AppState>) -> Result<()> {
         } else {
             "schedule"
         };
-        if !start(app, job.clone(), trigger) {
+        if !start(app, job.clone(), trigger).await? {
             tracing::info!(job = %job.id, "still running: this start is skipped");
         }
     }
     Ok(())
 }
 
-/// Starts `job` now unless it is running; false if it was.
-pub fn start(app: &Arc<AppState>, job: JobInfo, trigger: &'static str) -> bool {
+/// Starts `job` now unless it is running, here or on another server sharing the catalog;
+/// false if it was.
+pub async fn start(app: &Arc<AppState>, job: JobInfo, trigger: &'static str) -> Result<bool> {
     // A continuous job is kept running by its supervisor, never started as a run.
     if job.kind.is_continuous() || !app.running.claim(&job.id) {
-        return false;
+        return Ok(false);
+    }
+    match acquire_lease(&app.pool, &job.id, &app.instance).await {
+        Ok(true) => {}
+        Ok(false) => {
+            app.running.release(&job.id);
+            return Ok(false);
+        }
+        Err(e) => {
+            app.running.release(&job.id);
+            return Err(e);
+        }
     }
     let app = Arc::clone(app);
     tokio::spawn(async move {
@@ -247,9 +368,12 @@ pub fn start(app: &Arc<AppState>, job: JobInfo, trigger: &'static str) -> bool {
         if let Err(e) = run_with_retries(&app, &job, trigger).await {
             tracing::warn!(job = %job_id, "run could not be recorded: {e}");
         }
+        if let Err(e) = release_lease(&app.pool, &job_id, &app.instance).await {
+            tracing::warn!(job = %job_id, "cannot release the job's lease (it lapses): {e}");
+        }
         app.running.release(&job_id);
     });
-    true
+    Ok(true)
 }
 
 async fn run_with_retries(

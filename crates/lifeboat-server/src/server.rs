@@ -53,6 +53,8 @@ pub struct AppState {
     pub replication: Replication,
     /// The route table, by (method, pattern).
     pub routes: HashMap<(String, String), RouteSpec>,
+    /// This process's random id: the owner of the job leases it takes (see `scheduler`).
+    pub instance: String,
 }
 
 /// A started server.
@@ -65,6 +67,8 @@ pub struct RunningServer {
     pub setup_password: Option<String>,
     /// The certificate served, PEM (clients of a self-signed server trust exactly this).
     pub cert_pem: Vec<u8>,
+    /// Where the catalog is (a path, or a PostgreSQL URL without its password).
+    pub catalog: String,
     /// Shared state (tests reach the catalog through it).
     pub app: Arc<AppState>,
     handle: axum_server::Handle<SocketAddr>,
@@ -93,7 +97,9 @@ pub async fn start(config: ServerConfig, state_dir: &Path) -> Result<RunningServ
         message,
     })?;
     let state = StateDir::open(state_dir)?;
-    let pool = catalog::open(&state).await?;
+    let pool = catalog::open(&config.catalog, &state).await?;
+    let catalog_description = catalog::describe(&config.catalog, &state);
+    tracing::info!("catalog: {catalog_description}");
     let sealer = Sealer::new(&*state.key(SERVER_KEY)?);
     let audit = AuditLog::open(&state)?;
     let hasher = tokio::task::block_in_place(|| PasswordHasher::new(&config.passwords))?;
@@ -161,6 +167,7 @@ pub async fn start(config: ServerConfig, state_dir: &Path) -> Result<RunningServ
         metrics: Metrics::default(),
         running: Running::default(),
         replication: Replication::default(),
+        instance: catalog::new_id(),
     });
 
     let handle = axum_server::Handle::new();
@@ -205,6 +212,7 @@ pub async fn start(config: ServerConfig, state_dir: &Path) -> Result<RunningServ
         http_addr,
         setup_password,
         cert_pem: files.cert_pem,
+        catalog: catalog_description,
         app,
         handle,
         stop,

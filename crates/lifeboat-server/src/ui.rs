@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::identity::LoginRequest;
 use crate::jobs::{self, RunInfo};
 use crate::routes::{self, ApiError, Caller, LoginResult};
+use crate::scheduler;
 use crate::server::AppState;
 
 type App = Arc<AppState>;
@@ -712,7 +713,7 @@ pub async fn job(
         .await?
         .ok_or_else(ApiError::not_found)?;
     let runs = jobs::list_runs(&app.pool, &tenant, &job, RUNS_SHOWN).await?;
-    let running = app.running.is_running(&found.id);
+    let running = scheduler::is_running(&app, &found).await?;
     let repository = jobs::get_repository(&app.pool, &tenant, &found.repository_id)
         .await?
         .map_or(found.repository_id.clone(), |r| r.name);

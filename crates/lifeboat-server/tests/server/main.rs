@@ -1,8 +1,10 @@
 //! End-to-end tests of `lifeboat serve`: a real server on loopback, a real HTTPS client
 //! trusting its self-signed certificate, real SQLite catalogs and real repositories.
 
+mod catalogs;
 mod common;
 mod dashboard;
+mod pg;
 mod smtp;
 mod sources;
 
@@ -18,9 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_start_has_a_one_time_password_that_must_be_changed() {
+    first_start_on(test_config()).await;
+}
+
+/// The body of `first_start_has_a_one_time_password_that_must_be_changed`, on the catalog `base` names (also run on PostgreSQL: `catalog_pg`).
+pub(crate) async fn first_start_on(base: lifeboat_server::ServerConfig) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let server = lifeboat_server::start(test_config(), &state).await.unwrap();
+    let server = lifeboat_server::start(base.clone(), &state).await.unwrap();
     let setup = server.setup_password.clone().unwrap();
     assert!(setup.len() >= 32, "one-time password is long: {setup}");
     let test = TestServer {
@@ -28,7 +35,7 @@ async fn first_start_has_a_one_time_password_that_must_be_changed() {
         base: format!("https://127.0.0.1:{}", server.https_addr.port()),
         server: Some(server),
         dir,
-        config: test_config(),
+        config: base.clone(),
     };
     let first = test.login("admin", &setup).await;
     let (status, body) = test.call(&first, Method::GET, "/api/v1/me", None).await;
@@ -160,7 +167,12 @@ fn client_hello(version: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_back_off_without_locking_the_owner_out_and_unknown_users_look_alike() {
-    let mut config = test_config();
+    login_backoff_on(test_config()).await;
+}
+
+/// The body of `failed_logins_back_off_without_locking_the_owner_out_and_unknown_users_look_alike`, on the catalog `base` names (also run on PostgreSQL: `catalog_pg`).
+pub(crate) async fn login_backoff_on(base: lifeboat_server::ServerConfig) {
+    let mut config = base.clone();
     config.login.account_first_delay_secs = 4;
     config.login.account_max_delay_secs = 4;
     let (mut test, admin) = TestServer::start(config).await;
@@ -349,7 +361,12 @@ fn jiff_now() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_tokens_are_scoped_revocable_and_never_worth_more_than_their_owner() {
-    let (mut test, admin) = TestServer::start(test_config()).await;
+    api_tokens_on(test_config()).await;
+}
+
+/// The body of `api_tokens_are_scoped_revocable_and_never_worth_more_than_their_owner`, on the catalog `base` names (also run on PostgreSQL: `catalog_pg`).
+pub(crate) async fn api_tokens_on(base: lifeboat_server::ServerConfig) {
+    let (mut test, admin) = TestServer::start(base.clone()).await;
     let tenant = test.tenant(&admin, "acme").await;
     let operator = test.user(&admin, "oscar", "operator", Some(&tenant)).await;
     let (status, _) = test
@@ -1091,13 +1108,18 @@ async fn a_member_browses_and_downloads_snapshot_files_and_each_is_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_detects_a_flipped_byte_a_deleted_row_and_swapped_rows() {
-    let (mut test, admin) = TestServer::start(test_config()).await;
+    audit_verify_on(test_config()).await;
+}
+
+/// The body of `audit_verify_detects_a_flipped_byte_a_deleted_row_and_swapped_rows`, on the catalog `base` names (also run on PostgreSQL: `catalog_pg`).
+pub(crate) async fn audit_verify_on(base: lifeboat_server::ServerConfig) {
+    let (mut test, admin) = TestServer::start(base.clone()).await;
     for name in ["a", "b", "c", "d"] {
         test.tenant(&admin, name).await;
     }
     test.stop().await;
     let state = test.state_dir();
-    let intact = verify_copy(&state, None).await;
+    let intact = verify_edited(&test.config, &state, None).await;
     assert!(intact.problems.is_empty(), "{:?}", intact.problems);
     assert!(
         intact.rows >= 8,
@@ -1106,24 +1128,32 @@ async fn audit_verify_detects_a_flipped_byte_a_deleted_row_and_swapped_rows() {
     );
 
     // Flip one byte of row 4's actor.
-    let found = verify_copy(
+    let found = verify_edited(
+        &test.config,
         &state,
         Some("UPDATE audit_log SET actor = 'user:admiN' WHERE seq = 4"),
     )
     .await;
     assert_eq!(found.problems[0].seq, 4, "{:?}", found.problems);
     // Delete row 3: row 4 no longer follows.
-    let found = verify_copy(&state, Some("DELETE FROM audit_log WHERE seq = 3")).await;
+    let found = verify_edited(
+        &test.config,
+        &state,
+        Some("DELETE FROM audit_log WHERE seq = 3"),
+    )
+    .await;
     assert_eq!(found.problems[0].seq, 4, "{:?}", found.problems);
     // Swap rows 5 and 6 (their sequence numbers).
-    let found = verify_copy(
+    let found = verify_edited(
+        &test.config,
         &state,
         Some("UPDATE audit_log SET seq = -5 WHERE seq = 5; UPDATE audit_log SET seq = 5 WHERE seq = 6; UPDATE audit_log SET seq = 6 WHERE seq = -5"),
     )
     .await;
     assert_eq!(found.problems[0].seq, 5, "{:?}", found.problems);
     // Delete the newest row: only the head file shows it.
-    let found = verify_copy(
+    let found = verify_edited(
+        &test.config,
         &state,
         Some("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)"),
     )
@@ -1136,22 +1166,40 @@ async fn audit_verify_detects_a_flipped_byte_a_deleted_row_and_swapped_rows() {
     );
 }
 
-/// Copies the state directory, applies `edit` to the copy's catalog, verifies the copy.
-async fn verify_copy(
+/// Applies `edit` to the catalog, runs `lifeboat audit verify` (the offline command, which
+/// opens the catalog itself), then puts the log back as it was.
+async fn verify_edited(
+    config: &lifeboat_server::ServerConfig,
     state: &std::path::Path,
     edit: Option<&str>,
 ) -> lifeboat_server::audit::Verification {
-    let copy = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(state).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
-    }
-    let state = lifeboat_server::StateDir::open(copy.path()).unwrap();
-    let pool = lifeboat_server::catalog::open(&state).await.unwrap();
+    let dir = lifeboat_server::StateDir::open(state).unwrap();
+    let pool = lifeboat_server::catalog::open(&config.catalog, &dir)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS audit_saved; CREATE TABLE audit_saved AS SELECT * FROM audit_log",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     if let Some(sql) = edit {
-        sqlx::query(sql).execute(&pool).await.unwrap();
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
     }
-    let verification = lifeboat_server::audit::verify(&pool, &state).await.unwrap();
+    let (config_copy, state_copy) = (config.clone(), state.to_owned());
+    // Its own thread: the command builds its own runtime.
+    let verification = std::thread::spawn(move || {
+        lifeboat_server::offline::verify_audit(&config_copy, &state_copy)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    sqlx::raw_sql(
+        "DELETE FROM audit_log; INSERT INTO audit_log SELECT * FROM audit_saved; DROP TABLE audit_saved",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     verification
 }
@@ -1362,7 +1410,12 @@ async fn wait_idle(test: &TestServer, admin: &Auth, tenant: &str, job: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_resumes_the_schedule_and_marks_interrupted_runs() {
-    let (mut test, admin) = TestServer::start(test_config()).await;
+    restart_resumes_on(test_config()).await;
+}
+
+/// The body of `a_restarted_server_resumes_the_schedule_and_marks_interrupted_runs`, on the catalog `base` names (also run on PostgreSQL: `catalog_pg`).
+pub(crate) async fn restart_resumes_on(base: lifeboat_server::ServerConfig) {
+    let (mut test, admin) = TestServer::start(base.clone()).await;
     let tenant = test.tenant(&admin, "acme").await;
     let repository = test.repository(&admin, &tenant, "main").await;
     let source = test.dir.path().join("source");
@@ -1383,7 +1436,9 @@ async fn a_restarted_server_resumes_the_schedule_and_marks_interrupted_runs() {
     // While the server was down: the hourly start passed, and a run was left `running`.
     {
         let state = lifeboat_server::StateDir::open(&test.state_dir()).unwrap();
-        let pool = lifeboat_server::catalog::open(&state).await.unwrap();
+        let pool = lifeboat_server::catalog::open(&test.config.catalog, &state)
+            .await
+            .unwrap();
         let past = lifeboat_server::catalog::now_millis() - 10 * 60_000;
         sqlx::query("UPDATE jobs SET next_run_at = $1 WHERE id = $2")
             .bind(past)

@@ -11,7 +11,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,8 +20,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::common::{Auth, TestServer, eventually, test_config};
+use crate::pg::{Cluster, checked, chown_tree, pg_bin, unprivileged};
 
-const NOBODY: u32 = 65534;
 const REPOSITORY_PASSWORD: &[u8] = b"repository password";
 
 /// Creates a job from a full request body; returns its id.
@@ -580,166 +580,6 @@ async fn a_sqlite_replicate_job_that_cannot_start_is_restarted_with_backoff_and_
         .count();
     assert_eq!(fired, 1, "de-duplicated: {:?}", texts(&received));
     test.stop().await;
-}
-
-/// The directory holding initdb, pg_ctl and postgres: on `PATH`, else Debian's
-/// `/usr/lib/postgresql/<version>/bin` (the newest version).
-fn pg_bin() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                let real = std::fs::canonicalize(dir.join("initdb")).ok()?;
-                return real.parent().map(Path::to_path_buf);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
-fn as_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// A command that runs as the unprivileged user when the test runs as root.
-fn unprivileged(program: &Path) -> Command {
-    if as_root() {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            format!("--reuid={NOBODY}"),
-            format!("--regid={NOBODY}"),
-            "--clear-groups".to_string(),
-        ])
-        .arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
-
-fn chown(path: &Path) {
-    if as_root() {
-        rustix::fs::chown(
-            path,
-            Some(rustix::fs::Uid::from_raw(NOBODY)),
-            Some(rustix::fs::Gid::from_raw(NOBODY)),
-        )
-        .unwrap();
-    }
-}
-
-fn chown_tree(path: &Path) {
-    chown(path);
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path());
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn checked(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A running cluster, stopped when dropped.
-struct Cluster {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn start(bin: &Path, data: &Path, socket_dir: &Path) -> Cluster {
-        let port = free_port();
-        let log = data.with_extension("log");
-        let out = unprivileged(&bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(data)
-            .arg("-l")
-            .arg(&log)
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-                socket_dir.display()
-            ))
-            .args(["-w", "-t", "120", "start"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Cluster {
-            bin: bin.to_owned(),
-            data: data.to_owned(),
-            port,
-        }
-    }
-
-    fn psql_program(&self) -> PathBuf {
-        if self.bin.join("psql").is_file() {
-            self.bin.join("psql")
-        } else {
-            PathBuf::from("psql")
-        }
-    }
-
-    fn conninfo(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new(self.psql_program())
-            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(self.conninfo())
-            .arg("-c")
-            .arg(sql)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        checked(out, &format!("psql {sql}")).trim().to_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = unprivileged(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdin(Stdio::null())
-            .output();
-    }
 }
 
 /// Archives what `archive_command` drops into `spool` into the repository, then marks it
