@@ -465,7 +465,7 @@ fn replicate(
             }
         }
         report(&replicator.status());
-        replicator.idle(&stop);
+        replicator.idle(stop);
     }
     if error.is_none()
         && let Err(e) = replicator.sync(FINAL_SYNC)
