@@ -444,7 +444,6 @@ fn replicate(
         }
     }
     let library_options = options.replicate_options();
-    let interval = library_options.interval;
     let mut replicator =
         match Replicator::open_with(&options.database, destinations, library_options) {
             Ok(r) => r,
@@ -479,10 +478,7 @@ fn replicate(
             }
         }
         report(&replicator.status());
-        let until = Instant::now() + replicator.pause();
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20).min(interval));
-        }
+        replicator.idle(stop);
     }
     if error.is_none()
         && let Err(e) = replicator.sync(FINAL_SYNC)

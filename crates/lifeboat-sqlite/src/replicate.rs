@@ -396,9 +396,18 @@ pub struct Replicator {
     database: String,
     options: ReplicateOptions,
     read: Connection,
+    /// A second read connection: the read transaction moves to it before a checkpoint, so
+    /// the WAL stays held while most of it is copied into the database without the write
+    /// lock (see [`Replicator::backfill_unlocked`]).
+    spare: Connection,
     lock: Connection,
-    /// The read transaction is open and was begun at a position every live lane had stored.
+    /// The read transaction is open and holds the WAL: it was begun at a position every live
+    /// lane had stored, or handed over from one that was ([`Replicator::backfill_unlocked`]).
     protected: bool,
+    /// The read transaction was begun under the write lock right after a checkpoint that
+    /// copied the whole WAL, with everything stored: SQLite gave it read mark 0 at a stored
+    /// position, so it may be handed over to `spare` without the write lock.
+    read_mark_zero: bool,
     /// The end of the frames captured into the lanes.
     captured: Option<WalCursor>,
     /// The cursor at the last checkpoint: until the WAL moves on, another one would do nothing
@@ -419,8 +428,35 @@ pub struct Replicator {
     lanes: Vec<LaneHandle>,
 }
 
+/// Syncs the database file at `path` through a descriptor opened once per database and kept
+/// for the life of the process. Closing any descriptor of a file drops every POSIX lock this
+/// process holds on it, SQLite's included (those of the application's connections too, when
+/// it runs in this process): another process closing its last connection would then think
+/// itself alone, checkpoint past our read mark and delete the WAL. So it is never closed.
+fn sync_database_file(path: &Path) -> std::io::Result<()> {
+    static FILES: OnceLock<Mutex<std::collections::HashMap<PathBuf, std::fs::File>>> =
+        OnceLock::new();
+    let mut files = FILES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let file = match files.entry(path.to_path_buf()) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            entry.insert(std::fs::File::open(path)?)
+        }
+    };
+    file.sync_data()
+}
+
 /// The shortest pause between rounds while the application writes heavily.
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How often [`Replicator::idle`] looks at the WAL between rounds: two reads of a few bytes.
+const WAL_POLL: Duration = Duration::from_millis(5);
+
+/// The shortest time between rounds started because the WAL cycle grew long.
+const LONG_WAL_SPACING: Duration = Duration::from_millis(20);
 
 fn open_connection(path: &Path, busy: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -438,6 +474,27 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection> {
     )
     .map_err(|e| Error::sqlite("configure", path, e))?;
     Ok(conn)
+}
+
+/// Begins a read transaction on `conn` and reads, so that it holds a WAL read mark.
+fn begin_read_on(conn: &Connection, path: &Path) -> Result<()> {
+    conn.execute_batch("BEGIN")
+        .and_then(|()| {
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .map_err(|e| Error::sqlite("begin the read transaction on", path, e))?;
+    Ok(())
+}
+
+/// Runs `PRAGMA wal_checkpoint(PASSIVE)` on `conn`: (busy, frames in the WAL, frames copied
+/// into the database).
+fn passive_checkpoint(conn: &Connection, path: &Path) -> Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .map_err(|e| Error::sqlite("checkpoint", path, e))
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
@@ -530,6 +587,7 @@ impl Replicator {
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .map_err(|e| Error::sqlite("read page size of", &db_path, e))?;
         let lock = open_connection(&db_path, options.lock_timeout)?;
+        let spare = open_connection(&db_path, Duration::from_secs(10))?;
         let database = db_path.to_string_lossy().into_owned();
         let mut lanes = Vec::new();
         let mut unreachable = Vec::new();
@@ -608,8 +666,10 @@ impl Replicator {
             wal_path,
             database,
             read,
+            spare,
             lock,
             protected: false,
+            read_mark_zero: false,
             captured: None,
             checkpointed_at: None,
             read_began: jiff::Timestamp::now(),
@@ -836,22 +896,16 @@ impl Replicator {
     }
 
     fn begin_read(&mut self) -> Result<()> {
-        self.read
-            .execute_batch("BEGIN")
-            .and_then(|()| {
-                self.read
-                    .query_row("SELECT count(*) FROM sqlite_master", [], |row| {
-                        row.get::<_, i64>(0)
-                    })
-            })
-            .map_err(|e| Error::sqlite("begin the read transaction on", &self.db_path, e))?;
+        begin_read_on(&self.read, &self.db_path)?;
         self.read_began = jiff::Timestamp::now();
         self.protected = true;
+        self.read_mark_zero = false;
         Ok(())
     }
 
     fn end_read(&mut self) {
         self.protected = false;
+        self.read_mark_zero = false;
         if !self.read.is_autocommit() {
             let _ = self.read.execute_batch("COMMIT");
         }
@@ -1129,6 +1183,14 @@ impl Replicator {
         if !self.wait_for_live_lanes(self.options.interval, true) {
             return Ok(false);
         }
+        if self.backfill_unlocked()? {
+            // The application went on writing meanwhile: store that too before taking the
+            // lock, so that only the last few frames are stored (and copied) under it.
+            self.capture()?;
+            if !self.wait_for_live_lanes(self.options.interval, true) {
+                return Ok(false);
+            }
+        }
         if !self.try_write_lock()? {
             return Ok(false);
         }
@@ -1142,6 +1204,95 @@ impl Replicator {
         Ok(ran)
     }
 
+    /// Before a checkpoint: copies most of the WAL into the database without the write lock,
+    /// so that the application's writers wait only for the last few frames (and two short
+    /// syncs) under it. Returns whether it did (the read transaction must hold read mark 0 at
+    /// a stored position, as after a complete checkpoint).
+    ///
+    /// Why no frame can be lost: the read transaction moves from `read` to `spare` by
+    /// beginning the new one before ending the old one, so a read mark is held throughout.
+    /// The old one holds read mark 0 at a stored position X; while it is held SQLite can copy
+    /// nothing into the database, so the log can restart only at X, once, and a new cycle
+    /// stays uncopied. The new one therefore gets either a read mark above 0, which forbids
+    /// any restart until we end it (and we end it only under the write lock with everything
+    /// stored), or read mark 0 at X or at the empty start of a new cycle. Either way, ending
+    /// the old one lets no restart happen anywhere but at a stored position. The PASSIVE
+    /// checkpoint then copies frames up to the new read mark only, never past it.
+    fn backfill_unlocked(&mut self) -> Result<bool> {
+        if !self.protected || !self.read_mark_zero {
+            return Ok(false);
+        }
+        begin_read_on(&self.spare, &self.db_path)?;
+        std::mem::swap(&mut self.read, &mut self.spare);
+        if let Err(e) = self.spare.execute_batch("COMMIT") {
+            tracing::warn!(database = %self.database, "ending the previous read transaction: {e}");
+        }
+        self.read_mark_zero = false;
+        // The `lock` connection holds no transaction now; PASSIVE never waits for anyone.
+        passive_checkpoint(&self.lock, &self.db_path)?;
+        // SQLite syncs the database file only when a checkpoint copies the whole WAL, which
+        // happens next, under the write lock: syncing what was copied now keeps that short.
+        // (Syncing a file changes nothing in it: it is safe whoever else writes.)
+        sync_database_file(&self.db_path).map_err(|e| Error::io("sync", &self.db_path, e))?;
+        Ok(true)
+    }
+
+    /// Whether the WAL's current cycle, begun after our last checkpoint, already holds
+    /// `checkpoint_frames` frames. Cheap (the WAL header and one frame header), for asking
+    /// every few milliseconds between rounds; uncommitted frames count, as it is only a
+    /// reason to run the next round early.
+    fn wal_cycle_is_long(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        // (SQLite holds no POSIX lock on the `-wal` file, so opening and closing it is harmless;
+        // see `sync_database_file` for the database file.)
+        let Ok(file) = std::fs::File::open(&self.wal_path) else {
+            return false;
+        };
+        let mut bytes = [0u8; wal::HEADER_SIZE as usize];
+        if file.read_exact_at(&mut bytes, 0).is_err() {
+            return false;
+        }
+        let Some(header) = wal::WalHeader::parse(&bytes) else {
+            return false;
+        };
+        if self.checkpointed_at.is_some_and(|c| c.salt == header.salt) {
+            // Not restarted since our checkpoint: the rounds on the timer see to this cycle.
+            return false;
+        }
+        let at =
+            wal::HEADER_SIZE + (self.options.checkpoint_frames.max(1) - 1) * header.frame_size();
+        let mut frame = [0u8; wal::FRAME_HEADER_SIZE];
+        if file.read_exact_at(&mut frame, at).is_err() {
+            return false;
+        }
+        wal::FrameHeader::parse(&frame).salt == header.salt
+    }
+
+    /// Waits until the next round is due: after [`pause`](Self::pause), or as soon as the
+    /// WAL's current cycle holds `checkpoint_frames` frames (looked at every 5 ms, and at
+    /// most every 20 ms after a round), or once `stop` is set. A writer that fills the WAL
+    /// quickly so gets its checkpoint (and the WAL restart) promptly instead of committing
+    /// into an ever longer log, on which every one of its own automatic checkpoints fails
+    /// after sorting the whole log (docs/sqlite.md, *Cost to the application*).
+    pub fn idle(&self, stop: &AtomicBool) {
+        let now = Instant::now();
+        let until = now + self.pause();
+        let earliest = self.last_round_at.map_or(now, |at| at + LONG_WAL_SPACING);
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            if now >= earliest && self.protected && self.wal_cycle_is_long() {
+                return;
+            }
+            std::thread::sleep(WAL_POLL.min(until - now));
+        }
+    }
+
     fn checkpoint_locked(&mut self, then_snapshot: bool, wait: Duration) -> Result<bool> {
         // Nothing can commit now: once the live lanes stored this, they have everything.
         self.capture()?;
@@ -1150,12 +1301,13 @@ impl Replicator {
             return Ok(false);
         }
         self.end_read();
-        let checkpoint = self
-            .read
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(|e| Error::sqlite("checkpoint", &self.db_path, e));
+        let checkpoint = passive_checkpoint(&self.read, &self.db_path);
         self.begin_read()?;
-        checkpoint?;
+        let (busy, in_wal, copied) = checkpoint?;
+        // The whole WAL is in the database and nothing can be written while we hold the write
+        // lock: SQLite gave the new read transaction read mark 0 (it reads the database file
+        // only), at a position every live lane has stored.
+        self.read_mark_zero = busy == 0 && in_wal >= 0 && in_wal == copied;
         if then_snapshot {
             let live = self.live_lanes();
             if !live.is_empty() {
@@ -1247,11 +1399,7 @@ impl Replicator {
                 self.last_error = Some(e.to_string());
             }
             on_tick(&self.status());
-            let pause = self.pause();
-            let until = Instant::now() + pause;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20).min(pause));
-            }
+            self.idle(stop);
         }
         if self.protected
             && let Err(e) = self.capture()

@@ -582,6 +582,81 @@ fn a_busy_writer_shortens_the_pause_between_rounds() {
     replicator.sync(Duration::from_secs(60)).unwrap();
 }
 
+/// The salts of the WAL's header: they change when SQLite restarts the log.
+fn wal_salts(db: &Path) -> [u8; 8] {
+    let bytes = std::fs::read(format!("{}-wal", db.display())).unwrap();
+    bytes[16..24].try_into().unwrap()
+}
+
+/// A writer that fills `checkpoint_frames` frames of a new WAL cycle wakes the replicator long
+/// before the interval is up (it looks at the WAL every few ms between rounds), so the
+/// checkpoint and the WAL restart come promptly; the second checkpoint hands the read
+/// transaction over and copies most of the WAL without the write lock. Nothing written: no
+/// early round. Restores stay exact.
+#[test]
+fn a_long_wal_cycle_brings_the_next_round_forward() {
+    let setup = Setup::new();
+    let options = ReplicateOptions {
+        interval: Duration::from_secs(60),
+        snapshot_interval: Duration::from_secs(3600),
+        checkpoint_frames: 100,
+        ..Default::default()
+    };
+    let mut replicator = Replicator::open(&setup.db(), setup.repo(), options).unwrap();
+    replicator.tick().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let started = Instant::now();
+    replicator.idle(&stop);
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "nothing written, yet idle returned after {:?}",
+        started.elapsed()
+    );
+    stopper.join().unwrap();
+
+    let conn = Connection::open(setup.db()).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    let mut salts = None;
+    for cycle in 0..3 {
+        // 150 rows of 4000 bytes: at least 150 frames, in well under the interval.
+        for i in 0..150 {
+            conn.execute(
+                "INSERT INTO rows (ts, payload) VALUES (?1, randomblob(4000))",
+                [i],
+            )
+            .unwrap();
+        }
+        let now = wal_salts(&setup.db());
+        assert_ne!(
+            Some(now),
+            salts,
+            "the WAL restarted after the last checkpoint"
+        );
+        salts = Some(now);
+        let started = Instant::now();
+        replicator.idle(&AtomicBool::new(false));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a long WAL cycle should end the pause early (took {:?})",
+            started.elapsed()
+        );
+        let before = replicator.status().checkpoints;
+        replicator.tick().unwrap();
+        assert_eq!(replicator.status().checkpoints, before + 1, "cycle {cycle}");
+    }
+    replicator.sync(Duration::from_secs(60)).unwrap();
+    let (path, _) = setup.restore("latest.db", RestorePoint::Latest).unwrap();
+    assert_eq!(rows(&path), rows(&setup.db()));
+}
+
 fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(path).unwrap() {
