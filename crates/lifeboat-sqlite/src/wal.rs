@@ -226,16 +226,7 @@ pub fn read_piece(
     until: u64,
     max_bytes: u64,
 ) -> Result<Option<WalPiece>> {
-    let file = match File::open(wal_path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open WAL", wal_path, e)),
-    };
-    let mut header_bytes = [0u8; HEADER_SIZE as usize];
-    if !read_at(&file, &mut header_bytes, 0).map_err(|e| Error::io("read WAL", wal_path, e))? {
-        return Ok(None);
-    }
-    let Some(header) = WalHeader::parse(&header_bytes) else {
+    let Some((file, header)) = open_with_header(wal_path)? else {
         return Ok(None);
     };
     if header.salt != start.salt {
@@ -292,16 +283,7 @@ fn read_inner(
     max_bytes: u64,
     keep: bool,
 ) -> Result<Option<WalRead>> {
-    let file = match File::open(wal_path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open WAL", wal_path, e)),
-    };
-    let mut header_bytes = [0u8; HEADER_SIZE as usize];
-    if !read_at(&file, &mut header_bytes, 0).map_err(|e| Error::io("read WAL", wal_path, e))? {
-        return Ok(None);
-    }
-    let Some(header) = WalHeader::parse(&header_bytes) else {
+    let Some((file, header)) = open_with_header(wal_path)? else {
         return Ok(None);
     };
     let (start, new_cycle) = match cursor {
@@ -371,6 +353,12 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<bool> {
 
 /// Reads the WAL header of `wal_path`, if it has a valid one.
 pub fn read_header(wal_path: &Path) -> Result<Option<WalHeader>> {
+    Ok(open_with_header(wal_path)?.map(|(_, header)| header))
+}
+
+/// Opens `wal_path` and reads its header; `None` when the file is missing or has no valid
+/// header (SQLite has not written one yet, or the log was truncated).
+fn open_with_header(wal_path: &Path) -> Result<Option<(File, WalHeader)>> {
     let file = match File::open(wal_path) {
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -380,7 +368,7 @@ pub fn read_header(wal_path: &Path) -> Result<Option<WalHeader>> {
     if !read_at(&file, &mut bytes, 0).map_err(|e| Error::io("read WAL", wal_path, e))? {
         return Ok(None);
     }
-    Ok(WalHeader::parse(&bytes))
+    Ok(WalHeader::parse(&bytes).map(|header| (file, header)))
 }
 
 /// True when the frame that ends at `cursor.offset` in the current WAL file is still the one
