@@ -437,11 +437,17 @@ impl Repository {
     /// that reveal nothing (a keyed hash rather than a database path). Writing a name that
     /// exists with other bytes fails with [`lifeboat_storage::StorageError::AlreadyExists`].
     pub fn put_stream_object(&self, stream: &str, name: &str, plain: &[u8]) -> Result<()> {
+        self.put_stream_object_parts(stream, name, &[plain])
+    }
+
+    /// As [`Self::put_stream_object`] for an object given in parts (stored as their
+    /// concatenation, which is never built in memory).
+    pub fn put_stream_object_parts(&self, stream: &str, name: &str, parts: &[&[u8]]) -> Result<()> {
         let key = stream_key(stream, name)?;
-        let sealed = object::seal_bound(
+        let sealed = object::seal_parts_bound(
             self.key.objects(),
             ObjectKind::Stream,
-            plain,
+            parts,
             self.config.compression_level,
             key.as_bytes(),
         );
